@@ -1,0 +1,135 @@
+// Validate-and-dispatch for every op family: one place that checks a params struct and sends it to
+// the CPU reference or the CUDA implementation. Kernels behind it may assume what is checked here.
+#include <type_traits>
+
+#include "kernels/core/error.h"
+#include "kernels/elementwise.h"
+#include "kernels/gemm.h"
+#include "kernels/norm.h"
+#include "kernels/rng.h"
+#include "kernels/softmax.h"
+
+namespace stavid {
+namespace {
+
+void check_stream(const Device& d, const Stream& s, const char* op) {
+  STAVID_CHECK(s.device == d, op, ": params are on ", d.str(), " but the stream is on ", s.device.str());
+}
+
+[[noreturn]] void no_cuda(const char* op) {
+  STAVID_THROW(ErrorCode::Unsupported, op, ": this build has no CUDA backend (configure with STAVID_CUDA=ON)");
+}
+
+// Runs the CPU function or the CUDA one for the params' device.
+template <typename P, typename CpuFn, typename CudaFn>
+void dispatch(const char* op, const P& p, const Stream& s, CpuFn cpu, CudaFn cuda) {
+  check_stream(p.device, s, op);
+  if (p.device.is_cpu()) {
+    cpu(p);
+    return;
+  }
+  if constexpr (std::is_null_pointer_v<CudaFn>) {
+    no_cuda(op);
+  } else {
+    cuda(p, s.cuda);
+  }
+}
+
+// In a CPU-only build the CUDA entry points do not exist: dispatch gets nullptr instead.
+#if defined(STAVID_WITH_CUDA)
+#define CUDA_FN(f) f
+#else
+#define CUDA_FN(f) nullptr
+#endif
+}  // namespace
+
+void gemm(const GemmParams& p, const Stream& s) {
+  STAVID_CHECK(p.m >= 0 && p.n >= 0 && p.k >= 0 && p.batch >= 1, "gemm: bad sizes m=", p.m, " n=", p.n,
+               " k=", p.k, " batch=", p.batch);
+  if (p.m == 0 || p.n == 0) return;
+  STAVID_CHECK(p.a && p.b && p.d, "gemm: null operand");
+  STAVID_CHECK(p.lda >= p.k, "gemm: lda ", p.lda, " < k ", p.k);
+  STAVID_CHECK(p.ldb >= (p.b_transposed ? p.k : p.n), "gemm: ldb ", p.ldb, " too small");
+  STAVID_CHECK(p.ldd >= p.n, "gemm: ldd ", p.ldd, " < n ", p.n);
+  const bool wants_bias = p.epilogue == GemmEpilogue::Bias || p.epilogue == GemmEpilogue::BiasGeluTanh;
+  STAVID_CHECK(!wants_bias || p.bias, "gemm: the bias epilogue needs a bias pointer");
+  STAVID_CHECK(wants_bias || !p.bias, "gemm: a bias pointer was given without a bias epilogue");
+  const bool gelu = p.epilogue == GemmEpilogue::GeluTanh || p.epilogue == GemmEpilogue::BiasGeluTanh;
+  STAVID_CHECK(!(gelu && p.accumulate), "gemm: accumulate cannot combine with a GELU epilogue");
+  STAVID_CHECK(p.batch == 1 || (p.stride_a >= 0 && p.stride_b >= 0 && p.stride_d > 0),
+               "gemm: batched call needs non-negative strides and a positive output stride");
+  dispatch("gemm", p, s, detail::gemm_cpu, CUDA_FN(detail::gemm_cuda));
+}
+
+void norm(const NormParams& p, const Stream& s) {
+  STAVID_CHECK(p.rows >= 0 && p.dim >= 1, "norm: bad sizes rows=", p.rows, " dim=", p.dim);
+  if (p.rows == 0) return;
+  STAVID_CHECK(p.x && p.y, "norm: null input or output");
+  STAVID_CHECK(p.x_stride >= p.dim && p.y_stride >= p.dim, "norm: row stride smaller than dim");
+  STAVID_CHECK(p.eps > 0.f, "norm: eps must be positive");
+  STAVID_CHECK(p.kind == NormKind::LayerNorm || (p.bias == nullptr && p.shift == nullptr),
+               "norm: RMSNorm takes no bias and no shift");
+  const bool modulated = p.scale || p.shift;
+  STAVID_CHECK(!modulated || p.rows_per_group >= 1, "norm: rows_per_group must be >= 1");
+  STAVID_CHECK(!modulated || p.mod_stride >= 0, "norm: negative modulation stride");
+  dispatch("norm", p, s, detail::norm_cpu, CUDA_FN(detail::norm_cuda));
+}
+
+void unary(const UnaryParams& p, const Stream& s) {
+  STAVID_CHECK(p.n >= 0, "unary: negative size");
+  if (p.n == 0) return;
+  STAVID_CHECK(p.x && p.y, "unary: null pointer");
+  dispatch("unary", p, s, detail::unary_cpu, CUDA_FN(detail::unary_cuda));
+}
+
+void binary(const BinaryParams& p, const Stream& s) {
+  STAVID_CHECK(p.rows >= 0 && p.cols >= 0, "binary: negative size");
+  if (p.rows == 0 || p.cols == 0) return;
+  STAVID_CHECK(p.a && p.b && p.y, "binary: null pointer");
+  STAVID_CHECK(p.a_stride >= p.cols && p.y_stride >= p.cols, "binary: row stride smaller than cols");
+  STAVID_CHECK(p.b_rows_per_group >= 1 && p.b_stride >= 0, "binary: bad broadcast of b");
+  dispatch("binary", p, s, detail::binary_cpu, CUDA_FN(detail::binary_cuda));
+}
+
+void gated_residual(const GatedResidualParams& p, const Stream& s) {
+  STAVID_CHECK(p.rows >= 0 && p.cols >= 0, "gated_residual: negative size");
+  if (p.rows == 0 || p.cols == 0) return;
+  STAVID_CHECK(p.x && p.y, "gated_residual: null pointer");
+  STAVID_CHECK(p.x_stride >= p.cols && p.y_stride >= p.cols, "gated_residual: row stride smaller than cols");
+  STAVID_CHECK(!p.gate || (p.rows_per_group >= 1 && p.gate_stride >= 0), "gated_residual: bad gate broadcast");
+  dispatch("gated_residual", p, s, detail::gated_residual_cpu, CUDA_FN(detail::gated_residual_cuda));
+}
+
+void strided_copy(const CopyParams& p, const Stream& s) {
+  STAVID_CHECK(p.ndim >= 0 && p.ndim <= kMaxCopyDims, "strided_copy: ndim ", p.ndim, " outside 0..", kMaxCopyDims);
+  for (int i = 0; i < p.ndim; ++i) {
+    STAVID_CHECK(p.sizes[i] >= 0, "strided_copy: negative size at dim ", i);
+    if (p.sizes[i] == 0) return;
+  }
+  STAVID_CHECK(p.src && p.dst, "strided_copy: null pointer");
+  dispatch("strided_copy", p, s, detail::strided_copy_cpu, CUDA_FN(detail::strided_copy_cuda));
+}
+
+void fill(const FillParams& p, const Stream& s) {
+  STAVID_CHECK(p.n >= 0, "fill: negative size");
+  if (p.n == 0) return;
+  STAVID_CHECK(p.y, "fill: null pointer");
+  dispatch("fill", p, s, detail::fill_cpu, CUDA_FN(detail::fill_cuda));
+}
+
+void softmax(const SoftmaxParams& p, const Stream& s) {
+  STAVID_CHECK(p.rows >= 0 && p.cols >= 1, "softmax: bad sizes rows=", p.rows, " cols=", p.cols);
+  if (p.rows == 0) return;
+  STAVID_CHECK(p.x && p.y, "softmax: null pointer");
+  STAVID_CHECK(p.x_stride >= p.cols && p.y_stride >= p.cols, "softmax: row stride smaller than cols");
+  dispatch("softmax", p, s, detail::softmax_cpu, CUDA_FN(detail::softmax_cuda));
+}
+
+void normal(const NormalParams& p, const Stream& s) {
+  STAVID_CHECK(p.n >= 0, "normal: negative size");
+  if (p.n == 0) return;
+  STAVID_CHECK(p.y, "normal: null pointer");
+  dispatch("normal", p, s, detail::normal_cpu, CUDA_FN(detail::normal_cuda));
+}
+
+}  // namespace stavid

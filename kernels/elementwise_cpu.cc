@@ -1,0 +1,67 @@
+// CPU reference for the element-wise families.
+#include "kernels/elementwise.h"
+
+namespace stavid::detail {
+
+void unary_cpu(const UnaryParams& p) {
+  for (int64_t i = 0; i < p.n; ++i) {
+    const float x = load_as_float(p.x, p.dtype, static_cast<size_t>(i));
+    const float y = p.op == UnaryOp::GeluTanh ? gelu_tanh_f(x) : silu_f(x);
+    store_from_float(p.y, p.dtype, static_cast<size_t>(i), y);
+  }
+}
+
+void binary_cpu(const BinaryParams& p) {
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const int64_t bro = (r / p.b_rows_per_group) * p.b_stride;
+    for (int64_t c = 0; c < p.cols; ++c) {
+      const float a = load_as_float(p.a, p.dtype, static_cast<size_t>(r * p.a_stride + c));
+      const float b = load_as_float(p.b, p.dtype, static_cast<size_t>(bro + c));
+      store_from_float(p.y, p.dtype, static_cast<size_t>(r * p.y_stride + c),
+                       p.op == BinaryOp::Add ? a + b : a * b);
+    }
+  }
+}
+
+void gated_residual_cpu(const GatedResidualParams& p) {
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const int64_t go = (r / p.rows_per_group) * p.gate_stride;
+    for (int64_t c = 0; c < p.cols; ++c) {
+      const size_t xi = static_cast<size_t>(r * p.x_stride + c);
+      const float g = p.gate ? load_as_float(p.gate, p.dtype, static_cast<size_t>(go + c)) : 1.f;
+      const float v = load_as_float(p.x, p.dtype, xi) +
+                      g * load_as_float(p.y, p.dtype, static_cast<size_t>(r * p.y_stride + c));
+      store_from_float(p.x, p.dtype, xi, v);
+    }
+  }
+}
+
+void strided_copy_cpu(const CopyParams& p) {
+  int64_t total = 1;
+  for (int d = 0; d < p.ndim; ++d) total *= p.sizes[d];
+  int64_t idx[kMaxCopyDims] = {};
+  for (int64_t i = 0; i < total; ++i) {
+    int64_t so = 0, dof = 0;
+    for (int d = 0; d < p.ndim; ++d) {
+      so += idx[d] * p.src_strides[d];
+      dof += idx[d] * p.dst_strides[d];
+    }
+    if (p.src_dtype == p.dst_dtype && p.src_dtype != DType::F32) {
+      // 16-bit to 16-bit: move the bits (keeps NaN payloads and avoids double rounding).
+      static_cast<uint16_t*>(p.dst)[dof] = static_cast<const uint16_t*>(p.src)[so];
+    } else {
+      store_from_float(p.dst, p.dst_dtype, static_cast<size_t>(dof),
+                       load_as_float(p.src, p.src_dtype, static_cast<size_t>(so)));
+    }
+    for (int d = p.ndim - 1; d >= 0; --d) {
+      if (++idx[d] < p.sizes[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+void fill_cpu(const FillParams& p) {
+  for (int64_t i = 0; i < p.n; ++i) store_from_float(p.y, p.dtype, static_cast<size_t>(i), p.value);
+}
+
+}  // namespace stavid::detail

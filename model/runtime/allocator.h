@@ -1,0 +1,91 @@
+// Memory for tensors. The CUDA allocator caches freed blocks, so steady-state inference makes no
+// cudaMalloc/cudaFree calls.
+//
+// CUDA caching policy:
+// - Sizes are rounded to classes: multiples of 512 B up to 1 MiB; above that, four classes per
+//   power of two (2^k, 1.25, 1.5, 1.75 x 2^k), so waste stays under 25% and class reuse is likely.
+// - A freed block goes back to the free list of the stream it was allocated on and is reused only by
+//   allocations on that stream: stream order makes reuse safe without events. Memory used on other
+//   streams must be kept alive by the caller until that work is done.
+// - When cudaMalloc fails, every cached free block of the device is released and the call retried
+//   once; a second failure throws ErrorCode::OutOfMemory with the allocator's statistics.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+
+#include "kernels/core/device.h"
+
+namespace stavid::rt {
+
+struct AllocatorStats {
+  size_t allocated_bytes = 0;       // in live blocks (rounded sizes)
+  size_t reserved_bytes = 0;        // obtained from the driver (live + cached)
+  size_t peak_allocated_bytes = 0;  // high-water mark of allocated_bytes since the last reset
+  size_t peak_reserved_bytes = 0;
+  uint64_t num_allocs = 0;         // allocate() calls
+  uint64_t num_device_allocs = 0;  // of which reached the driver (cache misses)
+  uint64_t num_device_frees = 0;   // blocks handed back to the driver
+};
+
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  // Returns memory of at least `bytes`, 256-byte aligned; ordered on `stream` for CUDA.
+  virtual void* allocate(size_t bytes, const Stream& stream) = 0;
+  virtual void deallocate(void* ptr) = 0;
+  // Releases cached, unused memory back to the system.
+  virtual void empty_cache() = 0;
+  virtual AllocatorStats stats() const = 0;
+  virtual void reset_peak() = 0;
+};
+
+// The process-wide allocator for a device (one per CUDA ordinal, one for the CPU).
+Allocator& allocator_for(Device device);
+
+// Rounded size class used by the CUDA caching allocator (exposed for tests).
+size_t allocation_size_class(size_t bytes);
+
+class CpuAllocator final : public Allocator {
+ public:
+  void* allocate(size_t bytes, const Stream& stream) override;
+  void deallocate(void* ptr) override;
+  void empty_cache() override {}
+  AllocatorStats stats() const override;
+  void reset_peak() override;
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_map<void*, size_t> live_;
+  AllocatorStats stats_;
+};
+
+class CudaCachingAllocator final : public Allocator {
+ public:
+  explicit CudaCachingAllocator(int device) : device_(device) {}
+  ~CudaCachingAllocator() override;
+  void* allocate(size_t bytes, const Stream& stream) override;
+  void deallocate(void* ptr) override;
+  void empty_cache() override;
+  AllocatorStats stats() const override;
+  void reset_peak() override;
+
+ private:
+  struct Block {
+    size_t size;
+    CudaStream stream;
+  };
+  void release_cached_locked();
+
+  int device_;
+  mutable std::mutex mu_;
+  std::unordered_map<void*, Block> live_;
+  // Free blocks per stream, by size class.
+  std::unordered_map<CudaStream, std::multimap<size_t, void*>> free_;
+  AllocatorStats stats_;
+};
+
+}  // namespace stavid::rt
