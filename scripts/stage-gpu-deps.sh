@@ -6,3 +6,7 @@ cd "$(dirname "$0")/.."
 mkdir -p .deps/include
 cp -r /usr/include/nlohmann .deps/include/
 echo "staged .deps ($(du -sh .deps | cut -f1))"
+# The peer attention benchmark for scripts/sta-bench.sh: a copy of shared/bench/peer_attention.py in
+# .peer/ (ignored by git, carried by the device tool).
+install -D -m 0644 "${STAVID_SHARED_DIR:-../shared}/bench/peer_attention.py" .peer/peer_attention.py
+echo "staged .peer ($(ls .peer | tr '\n' ' '))"

@@ -1,0 +1,142 @@
+// STA host side: geometry construction, the kernel selector, dispatch, FLOP accounting.
+#include "kernels/sta.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/core/error.h"
+
+namespace stavid {
+
+StaGeometry make_sta_geometry(const int32_t canvas[3], const int32_t tile[3], int32_t text_slots,
+                              int32_t text_valid) {
+  StaGeometry g;
+  int64_t tiles = 1, tile_tokens = 1;
+  for (int d = 0; d < 3; ++d) {
+    STAVID_CHECK(canvas[d] >= 0, "STA: canvas axis ", d, " is negative (", canvas[d], ")");
+    STAVID_CHECK(tile[d] >= 1, "STA: tile axis ", d, " must be >= 1, got ", tile[d]);
+    g.canvas[d] = canvas[d];
+    g.tile[d] = tile[d];
+    g.grid[d] = (canvas[d] + tile[d] - 1) / tile[d];
+    tiles *= g.grid[d];
+    tile_tokens *= tile[d];
+  }
+  STAVID_CHECK(tile_tokens <= (1 << 20), "STA: tile of ", tile_tokens, " tokens is too large");
+  STAVID_CHECK(tiles * tile_tokens < (int64_t(1) << 31), "STA: canvas too large (", tiles * tile_tokens, " slots)");
+  STAVID_CHECK(text_slots >= 0 && text_valid >= 0 && text_valid <= text_slots, "STA: text_valid ", text_valid,
+               " must be within [0, text_slots=", text_slots, "]");
+  g.tile_tokens = static_cast<int32_t>(tile_tokens);
+  g.num_tiles = static_cast<int32_t>(tiles);
+  g.img_slots = tiles * tile_tokens;
+  g.text_slots = text_slots;
+  g.text_valid = text_valid;
+  return g;
+}
+
+StaGeometry make_dense_geometry(int64_t n, int32_t block, int32_t text_slots, int32_t text_valid) {
+  STAVID_CHECK(n >= 0 && n < (int64_t(1) << 31), "dense attention: bad length ", n);
+  const int32_t canvas[3] = {n > 0 ? 1 : 0, 1, static_cast<int32_t>(n)};
+  const int32_t tile[3] = {1, 1, block};
+  return make_sta_geometry(canvas, tile, text_slots, text_valid);
+}
+
+double sta_kept_fraction(const StaGeometry& g, StaWindow w) {
+  const int32_t wd[3] = {w.t, w.h, w.w};
+  double kept = 1.0;
+  for (int d = 0; d < 3; ++d) {
+    if (g.grid[d] == 0) return 0.0;
+    const int32_t r = wd[d] / 2;
+    kept *= static_cast<double>(std::min(2 * r + 1, g.grid[d])) / g.grid[d];
+  }
+  return kept;
+}
+
+double sta_effective_flops(const StaAttentionParams& p, const StaWindow* host_windows) {
+  const double n = static_cast<double>(p.geom.img_tokens());
+  double kept_sum = 0;
+  for (int h = 0; h < p.heads; ++h) kept_sum += sta_kept_fraction(p.geom, host_windows[h]);
+  return 4.0 * n * n * p.head_dim * kept_sum * p.batch;
+}
+
+const char* sta_kernel_name(StaKernel k) {
+  switch (k) {
+    case StaKernel::Cpu: return "cpu";
+    case StaKernel::PortableM128: return "portable_m128";
+    case StaKernel::PortableM64: return "portable_m64";
+  }
+  return "?";
+}
+
+namespace {
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+}  // namespace
+
+StaKernel select_sta_kernel(const StaAttentionParams& p) {
+  const StaGeometry& g = p.geom;
+  STAVID_CHECK(p.q && p.k && p.v && p.o, "STA: null Q, K, V or O pointer");
+  STAVID_CHECK(p.windows, "STA: no windows array (one window per head is required)");
+  STAVID_CHECK(p.batch >= 1 && p.heads >= 1, "STA: batch ", p.batch, " and heads ", p.heads, " must be >= 1");
+  STAVID_CHECK(p.head_dim >= 1, "STA: head_dim must be >= 1, got ", p.head_dim);
+  STAVID_CHECK(g.tile_tokens >= 1 && g.img_slots == static_cast<int64_t>(g.num_tiles) * g.tile_tokens,
+               "STA: geometry not built by make_sta_geometry");
+  if (p.host_windows) {
+    for (int h = 0; h < p.heads; ++h) {
+      const StaWindow w = p.host_windows[h];
+      STAVID_CHECK(w.t >= 1 && w.h >= 1 && w.w >= 1, "STA: window of head ", h, " is (", w.t, ", ", w.h, ", ",
+                   w.w, "); every axis must be >= 1 tile");
+    }
+  }
+  if (p.device.is_cpu()) return StaKernel::Cpu;
+
+  STAVID_CHECK_CODE(p.dtype == DType::BF16 || p.dtype == DType::F16, ErrorCode::Unsupported,
+                    "STA on CUDA takes bf16 or f16, got ", dtype_name(p.dtype));
+  STAVID_CHECK_CODE(p.head_dim == 64 || p.head_dim == 128, ErrorCode::Unsupported,
+                    "STA on CUDA supports head_dim 64 or 128, got ", p.head_dim);
+  STAVID_CHECK(g.tile_tokens % 64 == 0, "STA on CUDA needs a tile whose token count is a multiple of 64; tile (",
+               g.tile[0], ", ", g.tile[1], ", ", g.tile[2], ") has ", g.tile_tokens);
+  STAVID_CHECK(aligned16(p.q) && aligned16(p.k) && aligned16(p.v) && aligned16(p.o),
+               "STA: Q, K, V and O must be 16-byte aligned");
+  for (const int64_t* s : {p.q_stride, p.k_stride, p.v_stride, p.o_stride})
+    for (int i = 0; i < 3; ++i)
+      STAVID_CHECK(s[i] % 8 == 0, "STA: strides must be multiples of 8 elements (16 bytes), got ", s[i]);
+  return g.tile_tokens % 128 == 0 ? StaKernel::PortableM128 : StaKernel::PortableM64;
+}
+
+void sta_attention(const StaAttentionParams& p, const Stream& s) {
+  STAVID_CHECK(s.device == p.device, "STA: params on ", p.device.str(), ", stream on ", s.device.str());
+  if (p.geom.seq_len() == 0) return;
+  const StaKernel k = select_sta_kernel(p);
+  switch (k) {
+    case StaKernel::Cpu:
+      detail::sta_attention_cpu(p);
+      return;
+    case StaKernel::PortableM128:
+    case StaKernel::PortableM64:
+#if defined(STAVID_WITH_CUDA)
+      detail::sta_attention_cuda(p, k, s.cuda);
+      return;
+#else
+      STAVID_THROW(ErrorCode::Unsupported, "STA: this build has no CUDA backend");
+#endif
+  }
+}
+
+void sta_permute(const StaPermuteParams& p, const Stream& s) {
+  STAVID_CHECK(s.device == p.device, "sta_permute: params on ", p.device.str(), ", stream on ", s.device.str());
+  STAVID_CHECK(p.src && p.dst, "sta_permute: null pointer");
+  STAVID_CHECK(p.batch >= 1 && p.row_elems >= 1, "sta_permute: bad batch or row size");
+  STAVID_CHECK(p.src_row_stride >= p.row_elems && p.dst_row_stride >= p.row_elems,
+               "sta_permute: row stride smaller than the row");
+  if (p.device.is_cpu()) {
+    detail::sta_permute_cpu(p);
+    return;
+  }
+#if defined(STAVID_WITH_CUDA)
+  detail::sta_permute_cuda(p, s.cuda);
+#else
+  STAVID_THROW(ErrorCode::Unsupported, "sta_permute: this build has no CUDA backend");
+#endif
+}
+
+}  // namespace stavid

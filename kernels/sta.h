@@ -1,0 +1,310 @@
+// Sliding Tile Attention (STA): the geometry, the one tile-visit function, the element predicate
+// (the test oracle), and the attention params struct. shared/spec/sta.md sections 2-4.
+//
+// Sequence layout: [image tokens in tiled order | text slots].
+// - Canvas (T, H, W) tokens, tile (tt, th, tw), grid n_d = ceil(canvas_d / tile_d): a canvas that the
+//   tile does not divide is padded up to whole tiles. Tiled slot of a token:
+//     tile_id * tile_tokens + local_id, tile_id = ((t/tt)*nH + h/th)*nW + w/tw,
+//     local_id = ((t%tt)*th + h%th)*tw + w%tw.
+//   Padded slots (coordinates outside the canvas) are never visible as keys; their outputs are
+//   dropped by untile.
+// - text_slots text positions follow the img_slots = num_tiles * tile_tokens image slots; the first
+//   text_valid of them are real (right padding).
+// Visibility (query q, key k):
+// - image q -> image k: k real and its tile within q's window: per axis, r = w/2,
+//   c = clamp(q_tile, r, n-1-r), |c - k_tile| <= r (the whole axis when 2r+1 >= n);
+// - image q -> text k: k < text_valid;   text q -> any k: k real image, or k < text_valid.
+//
+// Everything marked STA_HD is one definition used by the CPU reference, the CUDA kernels and tests.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/core/device.h"
+#include "kernels/core/dtype.h"
+
+#if defined(__CUDACC__)
+#define STA_HD __host__ __device__ __forceinline__
+#else
+#define STA_HD inline
+#endif
+
+namespace stavid {
+
+// A window in tiles, per axis (t, h, w). Each entry >= 1; values >= the grid mean the whole axis.
+struct StaWindow {
+  int32_t t = 1, h = 1, w = 1;
+};
+
+struct StaGeometry {
+  int32_t canvas[3] = {0, 0, 0};  // T, H, W in tokens
+  int32_t tile[3] = {1, 1, 1};    // tt, th, tw in tokens
+  int32_t grid[3] = {0, 0, 0};    // tiles per axis (canvas padded up to whole tiles)
+  int32_t tile_tokens = 1;
+  int32_t num_tiles = 0;
+  int64_t img_slots = 0;  // num_tiles * tile_tokens (>= T*H*W)
+  int32_t text_slots = 0;
+  int32_t text_valid = 0;
+
+  STA_HD int64_t seq_len() const { return img_slots + text_slots; }
+  STA_HD int64_t img_tokens() const { return static_cast<int64_t>(canvas[0]) * canvas[1] * canvas[2]; }
+};
+
+// Builds and validates a geometry (throws stavid::Error on non-positive sizes or text_valid outside
+// [0, text_slots]). A canvas of 0 frames is allowed: text-only attention.
+StaGeometry make_sta_geometry(const int32_t canvas[3], const int32_t tile[3], int32_t text_slots,
+                              int32_t text_valid);
+// Same, with a plain 1-D sequence: canvas (1, 1, n), tile (1, 1, block): dense attention over n
+// tokens padded up to whole blocks.
+StaGeometry make_dense_geometry(int64_t n, int32_t block, int32_t text_slots, int32_t text_valid);
+
+// Key tiles visible from one query tile: a box [lo, lo + cnt) per axis, in tile coordinates.
+struct StaTileRange {
+  int32_t lo[3];
+  int32_t cnt[3];
+  STA_HD int32_t count() const { return cnt[0] * cnt[1] * cnt[2]; }
+};
+
+// Per-axis window range for a query tile coordinate q on an axis of n tiles.
+STA_HD void sta_axis_range(int32_t q, int32_t n, int32_t w, int32_t* lo, int32_t* cnt) {
+  const int32_t r = w / 2;
+  if (2 * r + 1 >= n) {
+    *lo = 0;
+    *cnt = n;
+    return;
+  }
+  int32_t c = q < r ? r : q;
+  if (c > n - 1 - r) c = n - 1 - r;
+  *lo = c - r;
+  *cnt = 2 * r + 1;
+}
+
+STA_HD void sta_tile_coords(const StaGeometry& g, int32_t tile_id, int32_t* ct, int32_t* ch, int32_t* cw) {
+  *cw = tile_id % g.grid[2];
+  *ch = (tile_id / g.grid[2]) % g.grid[1];
+  *ct = tile_id / (g.grid[2] * g.grid[1]);
+}
+
+// THE visit list, part 1: the key tiles an image query tile sees.
+STA_HD StaTileRange sta_key_tiles(const StaGeometry& g, StaWindow w, int32_t q_tile) {
+  int32_t qc[3];
+  sta_tile_coords(g, q_tile, &qc[0], &qc[1], &qc[2]);
+  const int32_t wd[3] = {w.t, w.h, w.w};
+  StaTileRange r;
+  for (int d = 0; d < 3; ++d) sta_axis_range(qc[d], g.grid[d], wd[d], &r.lo[d], &r.cnt[d]);
+  return r;
+}
+
+// Every tile (text queries see all image keys).
+STA_HD StaTileRange sta_all_tiles(const StaGeometry& g) {
+  StaTileRange r;
+  for (int d = 0; d < 3; ++d) {
+    r.lo[d] = 0;
+    r.cnt[d] = g.grid[d];
+  }
+  return r;
+}
+
+// The k-th tile of a range, raster order (t, h, w), so runs along w are adjacent in memory.
+STA_HD int32_t sta_range_tile(const StaGeometry& g, const StaTileRange& r, int32_t k) {
+  const int32_t kw = k % r.cnt[2];
+  const int32_t kh = (k / r.cnt[2]) % r.cnt[1];
+  const int32_t kt = k / (r.cnt[2] * r.cnt[1]);
+  return ((r.lo[0] + kt) * g.grid[1] + (r.lo[1] + kh)) * g.grid[2] + (r.lo[2] + kw);
+}
+
+// Whether a tile holds padded positions (the canvas does not fill it).
+STA_HD bool sta_tile_has_padding(const StaGeometry& g, int32_t tile_id) {
+  int32_t c[3];
+  sta_tile_coords(g, tile_id, &c[0], &c[1], &c[2]);
+  for (int d = 0; d < 3; ++d)
+    if ((c[d] + 1) * g.tile[d] > g.canvas[d]) return true;
+  return false;
+}
+
+// Canvas coordinates of an image slot; false for a padded slot.
+STA_HD bool sta_slot_coords(const StaGeometry& g, int64_t slot, int32_t* t, int32_t* h, int32_t* w) {
+  const int32_t tile_id = static_cast<int32_t>(slot / g.tile_tokens);
+  const int32_t local = static_cast<int32_t>(slot % g.tile_tokens);
+  int32_t c[3];
+  sta_tile_coords(g, tile_id, &c[0], &c[1], &c[2]);
+  *w = c[2] * g.tile[2] + local % g.tile[2];
+  *h = c[1] * g.tile[1] + (local / g.tile[2]) % g.tile[1];
+  *t = c[0] * g.tile[0] + local / (g.tile[2] * g.tile[1]);
+  return *t < g.canvas[0] && *h < g.canvas[1] && *w < g.canvas[2];
+}
+
+// Whether a slot holds a real key: an in-canvas image slot or a valid text slot.
+STA_HD bool sta_key_valid(const StaGeometry& g, int64_t slot) {
+  if (slot >= g.img_slots) return slot - g.img_slots < g.text_valid;
+  int32_t t, h, w;
+  return sta_slot_coords(g, slot, &t, &h, &w);
+}
+
+// THE visit list, part 2: key blocks of `block_n` slots for a query range. Blocks of every tile in
+// the range (tile_tokens / block_n each), then ceil(text_valid / block_n) text blocks.
+struct StaVisit {
+  int64_t key_start;  // first key slot of the block
+  bool needs_mask;    // the block holds keys that are not valid (padding or text tail)
+};
+
+STA_HD int32_t sta_text_blocks(const StaGeometry& g, int32_t block_n) {
+  return (g.text_valid + block_n - 1) / block_n;
+}
+
+STA_HD int32_t sta_visit_count(const StaGeometry& g, const StaTileRange& r, int32_t block_n) {
+  return r.count() * (g.tile_tokens / block_n) + sta_text_blocks(g, block_n);
+}
+
+STA_HD StaVisit sta_visit_at(const StaGeometry& g, const StaTileRange& r, int32_t block_n, int32_t j) {
+  const int32_t per_tile = g.tile_tokens / block_n;
+  const int32_t img_blocks = r.count() * per_tile;
+  StaVisit v;
+  if (j < img_blocks) {
+    const int32_t tile_id = sta_range_tile(g, r, j / per_tile);
+    v.key_start = static_cast<int64_t>(tile_id) * g.tile_tokens + static_cast<int64_t>(j % per_tile) * block_n;
+    v.needs_mask = sta_tile_has_padding(g, tile_id);
+  } else {
+    const int64_t t0 = static_cast<int64_t>(j - img_blocks) * block_n;
+    v.key_start = g.img_slots + t0;
+    v.needs_mask = t0 + block_n > g.text_valid;
+  }
+  return v;
+}
+
+// Visit j + 1 given visit j (== sta_visit_at(g, r, block_n, j + 1)): blocks inside one tile and
+// text blocks are consecutive, so only a tile boundary needs the full computation. For loops.
+STA_HD StaVisit sta_visit_next(const StaGeometry& g, const StaTileRange& r, int32_t block_n, int32_t j,
+                               const StaVisit& cur) {
+  const int32_t per_tile = g.tile_tokens / block_n;
+  const int32_t img_blocks = r.count() * per_tile;
+  const int32_t n = j + 1;
+  if (n < img_blocks && n % per_tile != 0) return {cur.key_start + block_n, cur.needs_mask};
+  if (n > img_blocks) {
+    const int64_t t0 = cur.key_start + block_n - g.img_slots;
+    return {cur.key_start + block_n, t0 + block_n > g.text_valid};
+  }
+  return sta_visit_at(g, r, block_n, n);
+}
+
+// The key range a query slot sees (image query: its tile's window; text query: all tiles).
+STA_HD StaTileRange sta_query_range(const StaGeometry& g, StaWindow w, int64_t q_slot) {
+  if (q_slot >= g.img_slots) return sta_all_tiles(g);
+  return sta_key_tiles(g, w, static_cast<int32_t>(q_slot / g.tile_tokens));
+}
+
+// THE ORACLE: element-wise visibility written straight from the spec, independent of the visit
+// list. Queries at padded slots see what their tile sees (their outputs are dropped anyway).
+STA_HD bool sta_visible(const StaGeometry& g, StaWindow w, int64_t q_slot, int64_t k_slot) {
+  if (!sta_key_valid(g, k_slot)) return false;
+  if (q_slot >= g.img_slots || k_slot >= g.img_slots) return true;  // text rows/cols: dense over valid keys
+  int32_t q[3], k[3];
+  sta_tile_coords(g, static_cast<int32_t>(q_slot / g.tile_tokens), &q[0], &q[1], &q[2]);
+  sta_tile_coords(g, static_cast<int32_t>(k_slot / g.tile_tokens), &k[0], &k[1], &k[2]);
+  const int32_t wd[3] = {w.t, w.h, w.w};
+  for (int d = 0; d < 3; ++d) {
+    const int32_t r = wd[d] / 2;
+    const int32_t lo = r, hi = g.grid[d] - 1 - r;
+    int32_t c = q[d] < lo ? lo : q[d];
+    if (c > hi) c = hi;  // clamp(q, r, n-1-r); when lo > hi this covers the axis (spec section 3)
+    const int32_t dist = c > k[d] ? c - k[d] : k[d] - c;
+    if (dist > r) return false;
+  }
+  return true;
+}
+
+// Tiled slot of a raster position (image tokens t-major, then text); and the inverse, -1 for a pad.
+STA_HD int64_t sta_slot_of_raster(const StaGeometry& g, int64_t raster) {
+  const int64_t n_img = g.img_tokens();
+  if (raster >= n_img) return g.img_slots + (raster - n_img);
+  const int32_t w = static_cast<int32_t>(raster % g.canvas[2]);
+  const int32_t h = static_cast<int32_t>((raster / g.canvas[2]) % g.canvas[1]);
+  const int32_t t = static_cast<int32_t>(raster / (static_cast<int64_t>(g.canvas[2]) * g.canvas[1]));
+  const int32_t tile_id = ((t / g.tile[0]) * g.grid[1] + h / g.tile[1]) * g.grid[2] + w / g.tile[2];
+  const int32_t local = ((t % g.tile[0]) * g.tile[1] + h % g.tile[1]) * g.tile[2] + w % g.tile[2];
+  return static_cast<int64_t>(tile_id) * g.tile_tokens + local;
+}
+STA_HD int64_t sta_raster_of_slot(const StaGeometry& g, int64_t slot) {
+  if (slot >= g.img_slots) return g.img_tokens() + (slot - g.img_slots);
+  int32_t t, h, w;
+  if (!sta_slot_coords(g, slot, &t, &h, &w)) return -1;
+  return (static_cast<int64_t>(t) * g.canvas[1] + h) * g.canvas[2] + w;
+}
+
+// Fraction of image key tiles a query tile keeps, averaged over query tiles (the paper's "kept";
+// 1 - sparsity), for one window.
+double sta_kept_fraction(const StaGeometry& g, StaWindow w);
+
+// ---- attention ----
+
+// O = softmax(scale * Q K^T + mask) V over the STA mask, all heads (each with its own window) in
+// one launch. Tensors are [batch, heads, seq, head_dim] with any strides on the first three axes and
+// a contiguous last axis; seq = geom.seq_len() (image slots in tiled order, then text slots).
+struct StaAttentionParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  int64_t q_stride[3] = {0, 0, 0};  // batch, head, seq (elements)
+  int64_t k_stride[3] = {0, 0, 0};
+  int64_t v_stride[3] = {0, 0, 0};
+  int64_t o_stride[3] = {0, 0, 0};
+  int32_t batch = 1, heads = 1, head_dim = 128;
+  StaGeometry geom;
+  // [heads] windows, in the memory of `device` (a device array on CUDA: no host sync per call).
+  const StaWindow* windows = nullptr;
+  // Optional host copy of the same windows: lets the selector validate them (each entry >= 1) and
+  // the CUDA launcher order heads longest-first, without reading device memory.
+  const StaWindow* host_windows = nullptr;
+  float softmax_scale = 0.f;  // 0 means 1/sqrt(head_dim)
+  DType dtype = DType::BF16;
+  Device device;
+};
+
+// The kernels that can run STA, and the one selector that both says whether params are supported
+// and which kernel runs them. The dispatch switch has no default.
+enum class StaKernel : uint8_t {
+  Cpu,            // the CPU reference (any dtype, any head dim)
+  PortableM128,   // sm_80+: mma.sync, 128 query rows per CTA (tile_tokens % 128 == 0)
+  PortableM64,    // sm_80+: mma.sync, 64 query rows per CTA (tile_tokens % 64 == 0)
+};
+const char* sta_kernel_name(StaKernel k);
+// Throws stavid::Error (InvalidArgument or Unsupported) naming the offending parameter.
+StaKernel select_sta_kernel(const StaAttentionParams& p);
+
+void sta_attention(const StaAttentionParams& p, const Stream& stream);
+
+// FLOPs of the visible image-image work (4 * kept * N_img^2 * d * heads * batch, the paper's
+// convention), given host copies of the windows.
+double sta_effective_flops(const StaAttentionParams& p, const StaWindow* host_windows);
+
+namespace detail {
+void sta_attention_cpu(const StaAttentionParams& p);
+void sta_attention_cuda(const StaAttentionParams& p, StaKernel kernel, CudaStream stream);
+}  // namespace detail
+
+// ---- tile / untile ----
+
+// Row permutation between raster order [image tokens (t,h,w) | text] and tiled order
+// [image slots | text], per batch item. Rows are `row_elems` contiguous elements; padded slots are
+// written as zeros by tile and skipped by untile. src and dst must not overlap.
+struct StaPermuteParams {
+  const void* src = nullptr;
+  void* dst = nullptr;
+  int32_t batch = 1;
+  int64_t row_elems = 0;
+  int64_t src_batch_stride = 0, dst_batch_stride = 0;  // elements
+  int64_t src_row_stride = 0, dst_row_stride = 0;      // elements (>= row_elems)
+  StaGeometry geom;
+  bool to_tiled = true;  // raster -> tiled (tile) or tiled -> raster (untile)
+  DType dtype = DType::BF16;
+  Device device;
+};
+void sta_permute(const StaPermuteParams& p, const Stream& stream);
+
+namespace detail {
+void sta_permute_cpu(const StaPermuteParams& p);
+void sta_permute_cuda(const StaPermuteParams& p, CudaStream stream);
+}  // namespace detail
+
+}  // namespace stavid
