@@ -3,6 +3,7 @@
 #include <type_traits>
 
 #include "kernels/core/error.h"
+#include "kernels/dit_ops.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
@@ -130,6 +131,31 @@ void normal(const NormalParams& p, const Stream& s) {
   if (p.n == 0) return;
   STAVID_CHECK(p.y, "normal: null pointer");
   dispatch("normal", p, s, detail::normal_cpu, CUDA_FN(detail::normal_cuda));
+}
+
+void patchify(const PatchifyParams& p, const Stream& s) {
+  STAVID_CHECK(p.src && p.dst, "patchify: null pointer");
+  STAVID_CHECK(p.batch >= 1 && p.channels >= 1 && p.pt >= 1 && p.ph >= 1 && p.pw >= 1, "patchify: bad sizes");
+  STAVID_CHECK(p.frames % p.pt == 0 && p.height % p.ph == 0 && p.width % p.pw == 0, "patchify: latent ",
+               p.frames, "x", p.height, "x", p.width, " is not divisible by the patch ", p.pt, "x", p.ph, "x", p.pw);
+  const int64_t feat = static_cast<int64_t>(p.channels) * p.pt * p.ph * p.pw;
+  STAVID_CHECK(p.token_row_stride >= feat, "patchify: token row stride ", p.token_row_stride, " < ", feat);
+  dispatch("patchify", p, s, detail::patchify_cpu, CUDA_FN(detail::patchify_cuda));
+}
+
+void qkv_prepare(const QkvPrepareParams& p, const Stream& s) {
+  STAVID_CHECK(p.q && p.k && p.v, "qkv_prepare: null output");
+  STAVID_CHECK(p.batch >= 1 && p.heads >= 1 && p.head_dim >= 2 && p.head_dim % 2 == 0,
+               "qkv_prepare: head_dim must be even and >= 2, got ", p.head_dim);
+  STAVID_CHECK(p.img_slots == 0 || p.img, "qkv_prepare: image slots without an image source");
+  STAVID_CHECK(p.txt_rows == 0 || p.txt, "qkv_prepare: text rows without a text source");
+  STAVID_CHECK(p.img_row_of_slot || p.img_slots == p.img_rows, "qkv_prepare: without a slot map the image slots (",
+               p.img_slots, ") must equal the image rows (", p.img_rows, ")");
+  const int64_t width = 3LL * p.heads * p.head_dim;
+  STAVID_CHECK(p.img_slots == 0 || p.img_row_stride >= width, "qkv_prepare: image row stride < 3*H*Dh");
+  STAVID_CHECK(p.txt_rows == 0 || p.txt_row_stride >= width, "qkv_prepare: text row stride < 3*H*Dh");
+  STAVID_CHECK((p.rope_cos == nullptr) == (p.rope_sin == nullptr), "qkv_prepare: RoPE needs both cos and sin");
+  dispatch("qkv_prepare", p, s, detail::qkv_prepare_cpu, CUDA_FN(detail::qkv_prepare_cuda));
 }
 
 }  // namespace stavid

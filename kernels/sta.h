@@ -257,6 +257,10 @@ struct StaAttentionParams {
   // the CUDA launcher order heads longest-first, without reading device memory.
   const StaWindow* host_windows = nullptr;
   float softmax_scale = 0.f;  // 0 means 1/sqrt(head_dim)
+  // Optional output row map, length seq_len(): output row of each slot, -1 to drop the row. Lets the
+  // kernel write straight into a compact [image tokens | text] layout (padded slots dropped), so the
+  // model tiles and untiles once per forward. Null: output row = slot. Device memory on CUDA.
+  const int32_t* o_row_map = nullptr;
   DType dtype = DType::BF16;
   Device device;
 };

@@ -36,6 +36,7 @@ struct StaArgs {
   int64_t qs[3], ks[3], vs[3], os[3];
   StaGeometry g;
   const StaWindow* windows;
+  const int32_t* o_row_map;
   int32_t heads;
   int32_t text_qblocks;
   float scale_log2;  // softmax scale * log2(e)
@@ -373,11 +374,13 @@ __global__ void __launch_bounds__(kWarps * 32) sta_fwd_kernel(const StaArgs<T, k
     const int r = i / kChunks, c = i % kChunks;
     const int64_t slot = q_start + r;
     if (slot >= seq_len) continue;
+    const int64_t row = a.o_row_map ? static_cast<int64_t>(a.o_row_map[slot]) : slot;
+    if (row < 0) continue;
     uint4 val;
     asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(val.x), "=r"(val.y), "=r"(val.z), "=r"(val.w)
                  : "r"(sq + swz<kD>(r, c)));
-    *reinterpret_cast<uint4*>(ob + slot * a.os[2] + c * 8) = val;
+    *reinterpret_cast<uint4*>(ob + row * a.os[2] + c * 8) = val;
   }
 }
 
@@ -404,6 +407,7 @@ void launch(const StaAttentionParams& p, cudaStream_t stream) {
   }
   a.g = p.geom;
   a.windows = p.windows;
+  a.o_row_map = p.o_row_map;
   a.heads = p.heads;
   a.text_qblocks = static_cast<int32_t>((p.geom.text_slots + kBM - 1) / kBM);
   const float scale = p.softmax_scale > 0.f ? p.softmax_scale : 1.f / sqrtf(static_cast<float>(p.head_dim));

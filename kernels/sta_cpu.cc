@@ -222,8 +222,12 @@ class StaCpuAttention {
         for (int64_t i = 0; i < m; ++i)
           for (int64_t c = 0; c < d_; ++c) o32_[i * d_ + c] *= inv_sum_[i];
       }
-      for (int64_t i = 0; i < m; ++i)
-        narrow_row(&o32_[i * d_], p_.dtype, d_, o_base_ + (q0 + r0 + i) * p_.o_stride[2] * esz_);
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t slot = q0 + r0 + i;
+        const int64_t row = p_.o_row_map ? p_.o_row_map[slot] : slot;
+        if (row < 0) continue;
+        narrow_row(&o32_[i * d_], p_.dtype, d_, o_base_ + row * p_.o_stride[2] * esz_);
+      }
     }
   }
 

@@ -114,35 +114,81 @@ const void* vec_ptr(const Tensor& v, const Tensor& x, const char* what) {
 }
 }  // namespace
 
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act) {
+namespace {
+// Rows of a [..., k] tensor for a GEMM: either one collapsed row range, or (3-D only) a batch of
+// row ranges `batch_stride` apart.
+struct GemmRows {
+  int64_t batch, rows, stride, batch_stride;
+};
+GemmRows gemm_rows(const Tensor& x, const char* op, bool force_batched = false) {
+  STAVID_CHECK(x.dim() >= 1 && (x.stride(-1) == 1 || x.size(-1) == 1), op, ": last dimension of ", x.str(),
+               " is not contiguous");
+  bool collapses = true;
+  if (x.dim() >= 3) {
+    int64_t expect = x.stride(-2) * x.size(-2);
+    for (int d = x.dim() - 3; d >= 0; --d) {
+      if (x.size(d) != 1 && x.stride(d) != expect) collapses = false;
+      expect *= x.size(d);
+    }
+  }
+  if (collapses && !(force_batched && x.dim() == 3)) {
+    const Rows r = as_rows(x, op);
+    return {1, r.rows, r.stride, 0};
+  }
+  STAVID_CHECK(x.dim() == 3, op, ": ", x.str(), " has leading dims that do not collapse into rows");
+  return {x.size(0), x.size(1), x.size(1) > 1 ? x.stride(1) : x.size(2), x.stride(0)};
+}
+}  // namespace
+
+void linear_into(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out) {
   same_place(x, w, "linear");
+  same_place(x, out, "linear output");
   STAVID_CHECK(w.dim() == 2 && w.is_contiguous(), "linear: weight must be a contiguous [n, k], got ", w.str());
-  const Rows r = as_rows(x, "linear");
-  STAVID_CHECK(r.cols == w.size(1), "linear: input ", x.str(), " does not match weight ", w.str());
-  Shape out_shape = x.shape();
-  out_shape.back() = w.size(0);
-  Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
+  STAVID_CHECK(x.size(-1) == w.size(1), "linear: input ", x.str(), " does not match weight ", w.str());
+  Shape want = x.shape();
+  want.back() = w.size(0);
+  STAVID_CHECK(out.shape() == want, "linear: output ", out.str(), " should be ", shape_str(want));
+  GemmRows a = gemm_rows(x, "linear");
+  GemmRows d = gemm_rows(out, "linear output");
+  // One side a strided batch: describe both sides as batches of rows.
+  if (a.batch != d.batch) {
+    a = gemm_rows(x, "linear", /*force_batched=*/true);
+    d = gemm_rows(out, "linear output", /*force_batched=*/true);
+  }
+  STAVID_CHECK(a.batch == d.batch && a.rows == d.rows, "linear: input and output row layouts differ");
   GemmParams p;
   p.a = x.data();
   p.b = w.data();
-  p.d = y.data();
-  p.m = r.rows;
+  p.d = out.data();
+  p.m = a.rows;
   p.n = w.size(0);
-  p.k = r.cols;
-  p.lda = r.stride;
+  p.k = w.size(1);
+  p.lda = a.stride;
   p.ldb = w.size(1);
-  p.ldd = p.n;
+  p.ldd = d.stride;
+  p.batch = a.batch;
+  p.stride_a = a.batch_stride;
+  p.stride_b = 0;
+  p.stride_d = d.batch_stride;
   p.dtype = p.out_dtype = x.dtype();
   p.device = x.device();
   if (bias.defined()) {
     same_place(bias, x, "linear bias");
-    STAVID_CHECK(bias.dim() == 1 && bias.size(0) == p.n && bias.is_contiguous(), "linear: bias must be [",
-                 p.n, "], got ", bias.str());
+    STAVID_CHECK(bias.dim() == 1 && bias.size(0) == p.n && bias.is_contiguous(), "linear: bias must be [", p.n,
+                 "], got ", bias.str());
     p.bias = bias.data();
   }
   p.epilogue = act == Activation::GeluTanh ? (p.bias ? GemmEpilogue::BiasGeluTanh : GemmEpilogue::GeluTanh)
                                            : (p.bias ? GemmEpilogue::Bias : GemmEpilogue::None);
   gemm(p, rt::current_stream(x.device()));
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act) {
+  STAVID_CHECK(w.dim() == 2, "linear: weight must be 2-D, got ", w.str());
+  Shape out_shape = x.shape();
+  out_shape.back() = w.size(0);
+  Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
+  linear_into(x, w, bias, act, y);
   return y;
 }
 

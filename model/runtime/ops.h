@@ -8,10 +8,14 @@
 namespace stavid::ops {
 
 // y[..., n] = act(x[..., k] . w[n, k]^T + bias[n]); x's last dim contiguous, w contiguous.
-// `bias` may be undefined. `act` is None or GeluTanh.
+// `bias` may be undefined. `act` is None or GeluTanh. A 3-D x whose batch does not collapse into
+// its rows (a slice of a longer sequence) runs as one strided-batch GEMM.
 enum class Activation { None, GeluTanh };
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor(),
               Activation act = Activation::None);
+// The same, writing into `out` (same leading shape as x, last dim n, last dim contiguous; may be
+// a strided view such as a column range of a wider buffer).
+void linear_into(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act, Tensor& out);
 
 // Batched matmul over the leading dimension: a [b, m, k] . b [b, k, n] (or b^T when
 // `b_transposed`, b stored [b, n, k]) -> [b, m, n]. Inner rows contiguous.
