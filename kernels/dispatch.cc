@@ -118,6 +118,11 @@ void fill(const FillParams& p, const Stream& s) {
   dispatch("fill", p, s, detail::fill_cpu, CUDA_FN(detail::fill_cuda));
 }
 
+void abs_sums(const AbsSumsParams& p, const Stream& s) {
+  STAVID_CHECK(p.n >= 0 && p.a && p.out, "abs_sums: bad params");
+  dispatch("abs_sums", p, s, detail::abs_sums_cpu, CUDA_FN(detail::abs_sums_cuda));
+}
+
 void softmax(const SoftmaxParams& p, const Stream& s) {
   STAVID_CHECK(p.rows >= 0 && p.cols >= 1, "softmax: bad sizes rows=", p.rows, " cols=", p.cols);
   if (p.rows == 0) return;

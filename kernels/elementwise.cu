@@ -60,7 +60,7 @@ __global__ void binary_kernel(BinaryOp op, const T* a, const T* b, T* y, int64_t
 template <typename T, int W>
 __global__ void gated_residual_kernel(T* x, const T* y, const T* gate, int64_t rows, int64_t cols,
                                       int64_t x_stride, int64_t y_stride, int64_t rpg,
-                                      int64_t gate_stride) {
+                                      int64_t gate_stride, float scale) {
   const int64_t units_per_row = cols / W;
   const int64_t total = rows * units_per_row;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -78,10 +78,10 @@ __global__ void gated_residual_kernel(T* x, const T* y, const T* gate, int64_t r
         for (int j = 0; j < W; ++j) vg[j] = 1.f;
       }
 #pragma unroll
-      for (int j = 0; j < W; ++j) vx[j] += vg[j] * vy[j];
+      for (int j = 0; j < W; ++j) vx[j] += scale * vg[j] * vy[j];
       cuda::store_vec(x + r * x_stride + c, vx);
     } else {
-      const float g = gate ? cuda::ld(gate, go) : 1.f;
+      const float g = scale * (gate ? cuda::ld(gate, go) : 1.f);
       cuda::st(x, r * x_stride + c, cuda::ld(x, r * x_stride + c) + g * cuda::ld(y, r * y_stride + c));
     }
   }
@@ -118,6 +118,25 @@ __global__ void fill_kernel(T* y, int64_t n, float value) {
   const T v = cuda::TypeOf<T>::from_float(value);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = v;
+}
+
+// Per-block partial sums in fp32 over a grid-stride range, then one double atomicAdd per block.
+template <typename T>
+__global__ void abs_sums_kernel(const T* a, const T* b, int64_t n, double* out) {
+  __shared__ float scratch[32];
+  float diff = 0.f, mag = 0.f;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    const float x = cuda::ld(a, i), y = b ? cuda::ld(b, i) : 0.f;
+    diff += fabsf(x - y);
+    mag += fabsf(y);
+  }
+  diff = cuda::block_sum(diff, scratch);
+  mag = cuda::block_sum(mag, scratch);
+  if (threadIdx.x == 0) {
+    atomicAdd(&out[0], static_cast<double>(diff));
+    atomicAdd(&out[1], static_cast<double>(mag));
+  }
 }
 
 bool all_aligned(std::initializer_list<const void*> ptrs) {
@@ -169,10 +188,10 @@ void gated_residual_cuda(const GatedResidualParams& p, CudaStream s) {
                      p.y_stride % V == 0 && (p.gate == nullptr || p.gate_stride % V == 0);
     if (vec) {
       gated_residual_kernel<T, V><<<cuda::grid_for(p.rows * p.cols / V, kThreads), kThreads, 0, s>>>(
-          x, y, g, p.rows, p.cols, p.x_stride, p.y_stride, p.rows_per_group, p.gate_stride);
+          x, y, g, p.rows, p.cols, p.x_stride, p.y_stride, p.rows_per_group, p.gate_stride, p.scale);
     } else {
       gated_residual_kernel<T, 1><<<cuda::grid_for(p.rows * p.cols, kThreads), kThreads, 0, s>>>(
-          x, y, g, p.rows, p.cols, p.x_stride, p.y_stride, p.rows_per_group, p.gate_stride);
+          x, y, g, p.rows, p.cols, p.x_stride, p.y_stride, p.rows_per_group, p.gate_stride, p.scale);
     }
     STAVID_CUDA_CHECK_LAUNCH();
   });
@@ -207,6 +226,15 @@ void strided_copy_cuda(const CopyParams& p, CudaStream s) {
       strided_copy_kernel<S, T><<<grid, kThreads, 0, s>>>(static_cast<const S*>(p.src),
                                                           static_cast<T*>(p.dst), sh, total);
     });
+  });
+  STAVID_CUDA_CHECK_LAUNCH();
+}
+
+void abs_sums_cuda(const AbsSumsParams& p, CudaStream s) {
+  STAVID_CUDA_CHECK(cudaMemsetAsync(p.out, 0, 2 * sizeof(double), s));
+  const unsigned grid = cuda::grid_for(p.n, kThreads, 1024);
+  STAVID_DISPATCH_DTYPE(p.dtype, {
+    abs_sums_kernel<T><<<grid, kThreads, 0, s>>>(static_cast<const T*>(p.a), static_cast<const T*>(p.b), p.n, p.out);
   });
   STAVID_CUDA_CHECK_LAUNCH();
 }

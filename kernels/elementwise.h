@@ -44,9 +44,9 @@ struct BinaryParams {
 };
 void binary(const BinaryParams& p, const Stream& stream);
 
-// Gated residual add, the adaLN-Zero update:  x[r, c] += gate[(r / rows_per_group) * gate_stride + c]
-//                                                        * y[r*y_stride + c]
-// gate == nullptr means a gate of 1 (plain residual add).
+// Gated residual add, the adaLN-Zero update:
+//   x[r, c] += scale * gate[(r / rows_per_group) * gate_stride + c] * y[r*y_stride + c]
+// gate == nullptr means a gate of 1 (plain residual add; with `scale`, an axpy).
 struct GatedResidualParams {
   void* x = nullptr;  // updated in place
   const void* y = nullptr;
@@ -54,6 +54,7 @@ struct GatedResidualParams {
   int64_t rows = 0, cols = 0;
   int64_t x_stride = 0, y_stride = 0;
   int64_t rows_per_group = 1, gate_stride = 0;
+  float scale = 1.f;
   DType dtype = DType::F32;
   Device device;
 };
@@ -85,7 +86,22 @@ struct FillParams {
 };
 void fill(const FillParams& p, const Stream& stream);
 
+// Two sums over n contiguous elements, in double: sum |a - b| and sum |b| (b may be null: then
+// sum |a| and 0). TeaCache's relative L1 indicator is their ratio. `out` receives the two sums:
+// host memory for the CPU, device memory for CUDA (the caller copies it back).
+struct AbsSumsParams {
+  const void* a = nullptr;
+  const void* b = nullptr;
+  int64_t n = 0;
+  double* out = nullptr;  // [2]
+  DType dtype = DType::F32;
+  Device device;
+};
+void abs_sums(const AbsSumsParams& p, const Stream& stream);
+
 namespace detail {
+void abs_sums_cpu(const AbsSumsParams& p);
+void abs_sums_cuda(const AbsSumsParams& p, CudaStream s);
 void unary_cpu(const UnaryParams& p);
 void binary_cpu(const BinaryParams& p);
 void gated_residual_cpu(const GatedResidualParams& p);

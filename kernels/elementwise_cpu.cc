@@ -1,4 +1,6 @@
 // CPU reference for the element-wise families.
+#include <cmath>
+
 #include "kernels/elementwise.h"
 
 namespace stavid::detail {
@@ -28,7 +30,7 @@ void gated_residual_cpu(const GatedResidualParams& p) {
     const int64_t go = (r / p.rows_per_group) * p.gate_stride;
     for (int64_t c = 0; c < p.cols; ++c) {
       const size_t xi = static_cast<size_t>(r * p.x_stride + c);
-      const float g = p.gate ? load_as_float(p.gate, p.dtype, static_cast<size_t>(go + c)) : 1.f;
+      const float g = p.scale * (p.gate ? load_as_float(p.gate, p.dtype, static_cast<size_t>(go + c)) : 1.f);
       const float v = load_as_float(p.x, p.dtype, xi) +
                       g * load_as_float(p.y, p.dtype, static_cast<size_t>(r * p.y_stride + c));
       store_from_float(p.x, p.dtype, xi, v);
@@ -58,6 +60,18 @@ void strided_copy_cpu(const CopyParams& p) {
       idx[d] = 0;
     }
   }
+}
+
+void abs_sums_cpu(const AbsSumsParams& p) {
+  double diff = 0, mag = 0;
+  for (int64_t i = 0; i < p.n; ++i) {
+    const double a = load_as_float(p.a, p.dtype, static_cast<size_t>(i));
+    const double b = p.b ? load_as_float(p.b, p.dtype, static_cast<size_t>(i)) : 0.0;
+    diff += std::fabs(a - b);
+    mag += std::fabs(b);
+  }
+  p.out[0] = diff;
+  p.out[1] = mag;
 }
 
 void fill_cpu(const FillParams& p) {

@@ -13,9 +13,11 @@ namespace stavid::dit {
 
 std::vector<float> timestep_sinusoid(float t) {
   // Spec 2.0: f_k = exp(-ln(10000) * k / 128), [cos(t f_k) ..., sin(t f_k) ...], fp32.
+  // The same fp32 operation order as the reference: (-ln(10000) * k) / 128, then exp.
   std::vector<float> e(256);
+  const float neg_log = static_cast<float>(-std::log(10000.0));
   for (int k = 0; k < 128; ++k) {
-    const float f = std::exp(-std::log(10000.f) * static_cast<float>(k) / 128.f);
+    const float f = std::exp(neg_log * static_cast<float>(k) / 128.f);
     e[k] = std::cos(t * f);
     e[128 + k] = std::sin(t * f);
   }

@@ -285,6 +285,50 @@ void gated_residual_(Tensor& x, const Tensor& y, const Tensor& gate) {
   gated_residual(p, rt::current_stream(x.device()));
 }
 
+void axpy_(Tensor& x, const Tensor& y, float alpha) {
+  same_place(x, y, "axpy_");
+  STAVID_CHECK(x.shape() == y.shape() && x.is_contiguous() && y.is_contiguous(), "axpy_: x ", x.str(), " and y ",
+               y.str(), " must be contiguous and the same shape");
+  GatedResidualParams p;
+  p.x = x.data();
+  p.y = y.data();
+  p.rows = 1;
+  p.cols = x.numel();
+  p.x_stride = p.y_stride = p.cols;
+  p.scale = alpha;
+  p.dtype = x.dtype();
+  p.device = x.device();
+  gated_residual(p, rt::current_stream(x.device()));
+}
+
+std::pair<double, double> abs_sums(const Tensor& a, const Tensor& b) {
+  const Tensor ac = a.contiguous();
+  Tensor bc;
+  if (b.defined()) {
+    same_place(a, b, "abs_sums");
+    STAVID_CHECK(a.shape() == b.shape(), "abs_sums: shapes ", a.str(), " and ", b.str(), " differ");
+    bc = b.contiguous();
+  }
+  AbsSumsParams p;
+  p.a = ac.data();
+  p.b = bc.defined() ? bc.data() : nullptr;
+  p.n = a.numel();
+  p.dtype = a.dtype();
+  p.device = a.device();
+  double host[2] = {0, 0};
+  if (a.device().is_cpu()) {
+    p.out = host;
+    abs_sums(p, Stream::cpu());
+  } else {
+    Tensor scratch = Tensor::empty({4}, DType::F32, a.device());  // 16 bytes: two doubles
+    p.out = static_cast<double*>(scratch.data());
+    const Stream st = rt::current_stream(a.device());
+    abs_sums(p, st);
+    rt::copy_bytes(host, Device::cpu(), p.out, a.device(), sizeof(host), st);
+  }
+  return {host[0], host[1]};
+}
+
 Tensor softmax(const Tensor& x, float scale) {
   const Rows r = as_rows(x, "softmax");
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());

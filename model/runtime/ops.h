@@ -34,6 +34,10 @@ Tensor add(const Tensor& a, const Tensor& b);  // same shape, or b broadcast as 
 Tensor mul(const Tensor& a, const Tensor& b);  // likewise
 // x [B, N, D] += gate [B, D] (row stride may exceed D) * y [B, N, D]; gate undefined = plain add.
 void gated_residual_(Tensor& x, const Tensor& y, const Tensor& gate);
+// x += alpha * y, same shape, contiguous (the sampler's Euler step).
+void axpy_(Tensor& x, const Tensor& y, float alpha);
 Tensor softmax(const Tensor& x, float scale = 1.f);
+// {sum |a - b|, sum |b|} over all elements in double (synchronizes); b undefined: {sum |a|, 0}.
+std::pair<double, double> abs_sums(const Tensor& a, const Tensor& b);
 
 }  // namespace stavid::ops
