@@ -1,0 +1,137 @@
+// End-to-end DiT step benchmark: one transformer forward (a denoising step) of a HunyuanVideo config
+// with seeded random weights, for dense attention and STA windows. One JSON object per line:
+//   {"bench":"dit_step","config":"13B","mode":"sta_3_3_3","tokens":115200,"text":256,"ms":..,
+//    "peak_reserved_gib":..}
+// Times: wall clock around synchronized forwards (after a warm-up forward that builds the layout
+// and the cuBLASLt plans), median of --reps.
+//
+// Usage: bench_dit [--config full|small] [--latent T H W] [--text N] [--text-valid N]
+//                  [--tile T H W] [--modes dense,sta_3_3_3,sta_5_5_5] [--reps N]
+//   defaults: the released 13B config, latent 30 x 96 x 160 (117 x 768 x 1280 video: 30 x 48 x 80 =
+//   115,200 tokens), 256 text slots with 200 valid, tile 6 x 8 x 8.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/core/error.h"
+#include "model/dit/dit.h"
+#include "model/runtime/allocator.h"
+#include "model/runtime/cuda_runtime.h"
+
+using namespace stavid;
+using namespace stavid::dit;
+
+namespace {
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, sep);) out.push_back(item);
+  return out;
+}
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config = "full", modes = "sta_3_3_3,sta_5_5_5,dense";
+  int32_t latent[3] = {30, 96, 160}, tile[3] = {6, 8, 8};
+  int32_t text = 256, text_valid = 200, reps = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
+    if (a == "--config") config = next();
+    else if (a == "--modes") modes = next();
+    else if (a == "--latent") for (int d = 0; d < 3; ++d) latent[d] = std::atoi(next().c_str());
+    else if (a == "--tile") for (int d = 0; d < 3; ++d) tile[d] = std::atoi(next().c_str());
+    else if (a == "--text") text = std::atoi(next().c_str());
+    else if (a == "--text-valid") text_valid = std::atoi(next().c_str());
+    else if (a == "--reps") reps = std::atoi(next().c_str());
+    else {
+      std::fprintf(stderr, "usage: see the comment at the top of bench/bench_dit.cc\n");
+      return 2;
+    }
+  }
+  try {
+    const bool gpu = rt::cuda_available();
+    const Device dev = gpu ? Device::cuda(0) : Device::cpu();
+    const DType dt = gpu ? DType::BF16 : DType::F32;
+    DitConfig c;  // the released 13B
+    if (config == "small" || !gpu) {
+      c.num_attention_heads = 2;
+      c.attention_head_dim = 64;
+      c.rope_axes_dim = {16, 24, 24};
+      c.num_layers = c.num_single_layers = 2;
+      c.num_refiner_layers = 1;
+      c.text_embed_dim = 64;
+      c.pooled_projection_dim = 32;
+      if (!gpu) {
+        config = "small";
+        latent[0] = 4;
+        latent[1] = latent[2] = 32;
+        tile[0] = 1;
+        text = 16;
+        text_valid = 11;
+      }
+    }
+    const double t0 = now_ms();
+    HunyuanDit model(c, DitWeights::random(c, 1, dev, dt), dev, dt);
+    rt::synchronize_device(dev);
+    const double load_ms = now_ms() - t0;
+    DitInputs in;
+    in.latent = Tensor::randn({1, c.in_channels, latent[0], latent[1], latent[2]}, 2, DType::F32, dev);
+    in.text_states = Tensor::randn({1, text, c.text_embed_dim}, 3, dt, dev);
+    in.pooled = Tensor::randn({1, c.pooled_projection_dim}, 4, dt, dev);
+    in.timestep = {900.f};
+    in.guidance = {6016.f};
+    in.text_len = {text_valid};
+    const int64_t tokens = static_cast<int64_t>(latent[0] / c.patch_size_t) * (latent[1] / c.patch_size) *
+                           (latent[2] / c.patch_size);
+    std::printf("{\"bench\":\"dit_setup\",\"params\":%lld,\"random_weights_ms\":%.1f,\"tokens\":%lld}\n",
+                static_cast<long long>(c.parameter_count()), load_ms, static_cast<long long>(tokens));
+    std::fflush(stdout);
+    bool warmed = false;
+    for (const std::string& mode : split(modes, ',')) {
+      AttentionPlan plan;
+      plan.tile = {tile[0], tile[1], tile[2]};
+      if (mode != "dense") {
+        const auto parts = split(mode, '_');
+        STAVID_CHECK(parts.size() == 4 && parts[0] == "sta", "unknown mode ", mode);
+        const StaWindow w{std::atoi(parts[1].c_str()), std::atoi(parts[2].c_str()), std::atoi(parts[3].c_str())};
+        plan.windows.assign(c.total_layers(), std::vector<StaWindow>(c.num_attention_heads, w));
+      }
+      if (!warmed) {
+        model.forward(in, plan);
+        rt::synchronize_device(dev);
+        warmed = true;
+      }
+      rt::allocator_for(dev).reset_peak();
+      std::vector<double> ms;
+      for (int r = 0; r < reps; ++r) {
+        const double a = now_ms();
+        const Tensor v = model.forward(in, plan);
+        rt::synchronize_device(dev);
+        ms.push_back(now_ms() - a);
+      }
+      std::sort(ms.begin(), ms.end());
+      const auto st = rt::allocator_for(dev).stats();
+      std::printf("{\"bench\":\"dit_step\",\"config\":\"%s\",\"mode\":\"%s\",\"tokens\":%lld,\"text\":%d,"
+                  "\"text_valid\":%d,\"tile\":[%d,%d,%d],\"ms\":%.1f,\"peak_reserved_gib\":%.2f,"
+                  "\"peak_allocated_gib\":%.2f,\"device\":\"%s\"}\n",
+                  config.c_str(), mode.c_str(), static_cast<long long>(tokens), text, text_valid, tile[0], tile[1],
+                  tile[2], ms[ms.size() / 2], st.peak_reserved_bytes / 1073741824.0,
+                  st.peak_allocated_bytes / 1073741824.0, dev.str().c_str());
+      std::fflush(stdout);
+    }
+  } catch (const Error& e) {
+    std::fprintf(stderr, "bench_dit: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
