@@ -118,6 +118,14 @@ void fill(const FillParams& p, const Stream& s) {
   dispatch("fill", p, s, detail::fill_cpu, CUDA_FN(detail::fill_cuda));
 }
 
+void group_sq_diff(const GroupSqDiffParams& p, const Stream& s) {
+  STAVID_CHECK(p.a && p.b && p.out && p.rows >= 0 && p.group >= 1 && p.cols % p.group == 0,
+               "group_sq_diff: bad params (cols must be a multiple of group)");
+  STAVID_CHECK(p.a_stride >= p.cols && p.b_stride >= p.cols, "group_sq_diff: row stride smaller than cols");
+  if (p.rows == 0 || p.cols == 0) return;
+  dispatch("group_sq_diff", p, s, detail::group_sq_diff_cpu, CUDA_FN(detail::group_sq_diff_cuda));
+}
+
 void abs_sums(const AbsSumsParams& p, const Stream& s) {
   STAVID_CHECK(p.n >= 0 && p.a && p.out, "abs_sums: bad params");
   dispatch("abs_sums", p, s, detail::abs_sums_cpu, CUDA_FN(detail::abs_sums_cuda));

@@ -1,5 +1,7 @@
 // Element-wise families on CUDA. Policy: grid-stride loops; 16-byte vector access when every pointer
 // is 16-byte aligned and each row is a whole number of vectors, scalar access otherwise. fp32 math.
+#include <algorithm>
+
 #include "kernels/cuda_utils.cuh"
 #include "kernels/elementwise.h"
 
@@ -139,6 +141,26 @@ __global__ void abs_sums_kernel(const T* a, const T* b, int64_t n, double* out) 
   }
 }
 
+// One block per (row chunk, group): threads stride over the group's columns of their rows; one
+// double atomicAdd per block.
+template <typename T>
+__global__ void group_sq_diff_kernel(GroupSqDiffParams p, int64_t rows_per_block) {
+  __shared__ float scratch[32];
+  const int64_t g = blockIdx.y;
+  const int64_t r0 = blockIdx.x * rows_per_block, r1 = min(p.rows, r0 + rows_per_block);
+  const T* a = static_cast<const T*>(p.a);
+  const T* b = static_cast<const T*>(p.b);
+  float acc = 0.f;
+  const int64_t n = (r1 - r0) * p.group;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const int64_t r = r0 + i / p.group, c = g * p.group + i % p.group;
+    const float d = cuda::ld(a, r * p.a_stride + c) - cuda::ld(b, r * p.b_stride + c);
+    acc += d * d;
+  }
+  acc = cuda::block_sum(acc, scratch);
+  if (threadIdx.x == 0) atomicAdd(&p.out[g], static_cast<double>(acc));
+}
+
 bool all_aligned(std::initializer_list<const void*> ptrs) {
   for (const void* p : ptrs)
     if (p && !cuda::aligned16(p)) return false;
@@ -227,6 +249,15 @@ void strided_copy_cuda(const CopyParams& p, CudaStream s) {
                                                           static_cast<T*>(p.dst), sh, total);
     });
   });
+  STAVID_CUDA_CHECK_LAUNCH();
+}
+
+void group_sq_diff_cuda(const GroupSqDiffParams& p, CudaStream s) {
+  const int64_t groups = p.cols / p.group;
+  STAVID_CHECK(groups <= 65535, "group_sq_diff: too many groups");
+  const int64_t rows_per_block = std::max<int64_t>(1, 8192 / p.group);
+  const dim3 grid(static_cast<unsigned>((p.rows + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(groups));
+  STAVID_DISPATCH_DTYPE(p.dtype, { group_sq_diff_kernel<T><<<grid, 256, 0, s>>>(p, rows_per_block); });
   STAVID_CUDA_CHECK_LAUNCH();
 }
 

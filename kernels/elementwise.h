@@ -99,7 +99,24 @@ struct AbsSumsParams {
 };
 void abs_sums(const AbsSumsParams& p, const Stream& stream);
 
+// Per column group, the sum of squared differences over a [rows, cols] grid (double):
+//   out[g] += sum_{r, c in group g} (a[r*a_stride + c] - b[r*b_stride + c])^2, g = c / group.
+// `out` (cols / group doubles) is accumulated into, not cleared: host memory for the CPU, device
+// memory for CUDA. Used by STA calibration (per-head error of a candidate window).
+struct GroupSqDiffParams {
+  const void* a = nullptr;
+  const void* b = nullptr;
+  int64_t rows = 0, cols = 0, group = 1;
+  int64_t a_stride = 0, b_stride = 0;
+  double* out = nullptr;
+  DType dtype = DType::F32;
+  Device device;
+};
+void group_sq_diff(const GroupSqDiffParams& p, const Stream& stream);
+
 namespace detail {
+void group_sq_diff_cpu(const GroupSqDiffParams& p);
+void group_sq_diff_cuda(const GroupSqDiffParams& p, CudaStream s);
 void abs_sums_cpu(const AbsSumsParams& p);
 void abs_sums_cuda(const AbsSumsParams& p, CudaStream s);
 void unary_cpu(const UnaryParams& p);

@@ -62,6 +62,15 @@ void strided_copy_cpu(const CopyParams& p) {
   }
 }
 
+void group_sq_diff_cpu(const GroupSqDiffParams& p) {
+  for (int64_t r = 0; r < p.rows; ++r)
+    for (int64_t c = 0; c < p.cols; ++c) {
+      const double d = static_cast<double>(load_as_float(p.a, p.dtype, static_cast<size_t>(r * p.a_stride + c))) -
+                       load_as_float(p.b, p.dtype, static_cast<size_t>(r * p.b_stride + c));
+      p.out[c / p.group] += d * d;
+    }
+}
+
 void abs_sums_cpu(const AbsSumsParams& p) {
   double diff = 0, mag = 0;
   for (int64_t i = 0; i < p.n; ++i) {

@@ -343,3 +343,69 @@ TEST(DitForward, CudaMatchesCpu) {
 
 }  // namespace
 }  // namespace stavid::dit
+
+#include "model/dit/calibration.h"
+#include "model/dit/sta_strategy.h"
+
+namespace stavid::dit {
+namespace {
+
+TEST(DitCalibration, ProbeMeasuresWithoutPerturbing) {
+  const DitConfig c = tiny_config();
+  HunyuanDit model(c, DitWeights::random(c, 5, Device::cpu(), DType::F32), Device::cpu(), DType::F32);
+  const DitInputs in = tiny_inputs(c, 1, 4, 16, 6, Device::cpu(), {5});  // token grid 4 x 8 x 8
+  AttentionPlan dense;
+  dense.tile = {1, 4, 4};  // tile grid 4 x 2 x 2
+  const auto plain = model.forward(in, dense).to_host_f32();
+
+  CalibrationOptions opt;
+  opt.tile = dense.tile;
+  opt.dense_steps = 0;
+  opt.candidates = {{1, 1, 1}, {4, 2, 2}, {3, 1, 1}};  // sparse, the full grid, sparse
+  StaCalibration calib(c, opt, 1);
+  AttentionProbe probe;
+  probe.candidates = opt.candidates;
+  model.set_probe(&probe);
+  const auto probed = model.forward(in, dense).to_host_f32();
+  calib.accumulate(0, model, probe);
+  model.set_probe(nullptr);
+  EXPECT_EQ(probed, plain);  // the full output propagates: the search changes nothing
+
+  for (int l = 0; l < c.total_layers(); ++l)
+    for (int h = 0; h < c.num_attention_heads; ++h) {
+      EXPECT_EQ(calib.mse(0, l, 1, h), 0.0) << "full-grid candidate, layer " << l << " head " << h;
+      EXPECT_GT(calib.mse(0, l, 0, h), 0.0);
+      EXPECT_GT(calib.mse(0, l, 0, h), calib.mse(0, l, 2, h)) << "a 3-frame window is closer than 1";
+      EXPECT_EQ(calib.choice(0, l, h), 1);
+    }
+  // Averaging: the same prompt twice gives the same mean error.
+  const double once = calib.mse(0, 0, 0, 0);
+  model.set_probe(&probe);
+  model.forward(in, dense);
+  calib.accumulate(0, model, probe);
+  model.set_probe(nullptr);
+  EXPECT_NEAR(calib.mse(0, 0, 0, 0), once, 1e-12 * std::max(1.0, once));
+  // The written strategy validates against the model and picks the full grid everywhere.
+  const nlohmann::json j = calib.strategy_json({4, 8, 8});
+  EXPECT_EQ(j.size(), static_cast<size_t>(c.total_layers() * c.num_attention_heads));
+  const StaStrategy s = StaStrategy::from_json(j, c, opt.tile, {4, 8, 8});
+  EXPECT_NEAR(s.kept_fraction(c, {4, 8, 8}, 1), 1.0, 1e-12);
+}
+
+TEST(DitCalibration, DenseStepsAreNotSearched) {
+  const DitConfig c = tiny_config();
+  CalibrationOptions opt;
+  opt.tile = {1, 4, 4};
+  opt.dense_steps = 2;
+  opt.candidates = {{1, 1, 1}};
+  StaCalibration calib(c, opt, 3);
+  EXPECT_FALSE(calib.searches(0));
+  EXPECT_FALSE(calib.searches(1));
+  EXPECT_TRUE(calib.searches(2));
+  const nlohmann::json j = calib.strategy_json({4, 8, 8});
+  EXPECT_EQ(j["0_0_0"], nlohmann::json({4, 2, 2}));  // dense step: the full grid
+  EXPECT_EQ(j.size(), static_cast<size_t>(3 * c.total_layers() * c.num_attention_heads));
+}
+
+}  // namespace
+}  // namespace stavid::dit

@@ -5,6 +5,7 @@
 
 #include "kernels/core/error.h"
 #include "kernels/dit_ops.h"
+#include "kernels/elementwise.h"
 #include "model/runtime/cuda_runtime.h"
 #include "model/runtime/ops.h"
 #include "model/weights/safetensors.h"
@@ -146,6 +147,50 @@ void HunyuanDit::attention(const State& s, int layer, const Tensor& q, const Ten
     p.o = static_cast<char*>(out.data()) + b * out.stride(0) * static_cast<int64_t>(esz);
     sta_attention(p, stream);
   }
+  if (probe_ && layer >= 0) probe_candidates(s, layer, q, k, v, out, geom);
+}
+
+void HunyuanDit::set_probe(AttentionProbe* probe) {
+  probe_ = probe;
+  if (!probe) return;
+  STAVID_CHECK(!probe->candidates.empty(), "calibration: no candidate windows");
+  const int32_t heads = config_.num_attention_heads;
+  probe->host_windows.clear();
+  for (const StaWindow& w : probe->candidates) {
+    STAVID_CHECK(w.t >= 1 && w.h >= 1 && w.w >= 1, "calibration: candidate windows must be >= 1 on every axis");
+    probe->host_windows.insert(probe->host_windows.end(), static_cast<size_t>(heads), w);
+  }
+  probe->windows = Buffer::from_vector(probe->host_windows, device_);
+  const std::vector<double> zeros(static_cast<size_t>(config_.total_layers()) * probe->candidates.size() * heads, 0.0);
+  probe->sums = Buffer::from_vector(zeros, device_);
+}
+
+void HunyuanDit::probe_candidates(const State& s, int layer, const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const StaGeometry& geom) const {
+  const int32_t heads = config_.num_attention_heads, hd = config_.attention_head_dim;
+  const int64_t n = s.layout->n_img, d = config_.hidden();
+  const size_t ncand = probe_->candidates.size();
+  Tensor cand = Tensor::empty({static_cast<int64_t>(s.batch), out.size(1), d}, dtype_, device_);
+  const Stream stream = rt::current_stream(device_);
+  const size_t esz = dtype_size(dtype_);
+  for (size_t c = 0; c < ncand; ++c) {
+    attention(s, -1, q, k, v, cand, geom, probe_->windows, c * heads, probe_->host_windows);
+    for (int32_t b = 0; b < s.batch; ++b) {
+      GroupSqDiffParams g;
+      g.a = static_cast<const char*>(out.data()) + b * out.stride(0) * static_cast<int64_t>(esz);
+      g.b = static_cast<const char*>(cand.data()) + b * cand.stride(0) * static_cast<int64_t>(esz);
+      g.rows = n;
+      g.cols = d;
+      g.group = hd;
+      g.a_stride = out.size(1) > 1 ? out.stride(1) : d;
+      g.b_stride = d;
+      g.out = probe_->sums.as<double>() + (static_cast<size_t>(layer) * ncand + c) * heads;
+      g.dtype = dtype_;
+      g.device = device_;
+      group_sq_diff(g, stream);
+    }
+  }
+  probe_->elements_per_head = s.batch * n * hd;
 }
 
 Tensor HunyuanDit::refine_text(const Tensor& text_states, const std::vector<int32_t>& text_len,
@@ -196,7 +241,7 @@ Tensor HunyuanDit::refine_text(const Tensor& text_states, const std::vector<int3
     qp.device = device_;
     qkv_prepare(qp, rt::current_stream(device_));
     Tensor o = Tensor::empty({b, l, d}, dtype_, device_);
-    attention(s, 0, q, k, v, o, geom, windows, 0, host_windows);
+    attention(s, -1, q, k, v, o, geom, windows, 0, host_windows);
     ops::gated_residual_(x, linear(o, blk.out), chunk(mod, 0, d));
     const Tensor h2 = ops::layer_norm(x, blk.norm2_w, blk.norm2_b, 1e-6f);
     ops::gated_residual_(x, linear(ops::silu(linear(h2, blk.ff1)), blk.ff2), chunk(mod, 1, d));

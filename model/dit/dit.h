@@ -50,6 +50,18 @@ struct TokenLayout {
   Tensor rope_cos, rope_sin;  // f32 [n_img, head_dim/2] by compact row
 };
 
+// Calibration hook (STA window search): while set, every dual/single block also runs attention
+// with each candidate window (all heads at once) and accumulates, per (layer, candidate, head), the
+// squared error of the image-query outputs against the block's own output (which is what
+// propagates). Run the forward with a dense plan so the reference is full attention.
+struct AttentionProbe {
+  std::vector<StaWindow> candidates;
+  Buffer sums;                   // double [total_layers][candidates][heads], on the model's device
+  int64_t elements_per_head = 0; // image-output elements per head per layer call (set by the model)
+  Buffer windows;                // StaWindow [candidates][heads] on the device (set by the model)
+  std::vector<StaWindow> host_windows;
+};
+
 class HunyuanDit {
  public:
   HunyuanDit(DitConfig config, DitWeights weights, Device device, DType dtype);
@@ -94,21 +106,28 @@ class HunyuanDit {
   // The refiner output for tests: text tokens [B, L, D] after the token refiner.
   Tensor refine_text(const Tensor& text_states, const std::vector<int32_t>& text_len, const Tensor& timestep_emb);
 
+  // Installs (or, with nullptr, removes) a calibration probe; the caller owns it.
+  void set_probe(AttentionProbe* probe);
+
   std::shared_ptr<const TokenLayout> layout_for(const std::array<int32_t, 3>& grid, const std::array<int32_t, 3>& tile,
                                                 int32_t text_slots);
 
  private:
   Tensor linear(const Tensor& x, const Linear& l, bool gelu = false) const;
   // Attention over prepared q/k/v [B, H, S, Dh] into out rows (compact image rows, then text rows).
+  // `layer` < 0: not a transformer block (the refiner): never probed.
   void attention(const State& s, int layer, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                  const StaGeometry& geom, const Buffer& windows, size_t window_offset,
                  const std::vector<StaWindow>& host_windows) const;
+  void probe_candidates(const State& s, int layer, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const StaGeometry& geom) const;
 
   DitConfig config_;
   DitWeights w_;
   Device device_;
   DType dtype_;
   std::map<std::array<int32_t, 7>, std::shared_ptr<TokenLayout>> layouts_;
+  AttentionProbe* probe_ = nullptr;
 };
 
 // The 256-channel sinusoid of spec 2.0 (cos half, then sin half), fp32.
