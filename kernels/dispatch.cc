@@ -9,6 +9,7 @@
 #include "kernels/norm.h"
 #include "kernels/rng.h"
 #include "kernels/softmax.h"
+#include "kernels/vae_ops.h"
 
 namespace stavid {
 namespace {
@@ -169,6 +170,37 @@ void qkv_prepare(const QkvPrepareParams& p, const Stream& s) {
   STAVID_CHECK(p.txt_rows == 0 || p.txt_row_stride >= width, "qkv_prepare: text row stride < 3*H*Dh");
   STAVID_CHECK((p.rope_cos == nullptr) == (p.rope_sin == nullptr), "qkv_prepare: RoPE needs both cos and sin");
   dispatch("qkv_prepare", p, s, detail::qkv_prepare_cpu, CUDA_FN(detail::qkv_prepare_cuda));
+}
+
+void causal_im2col(const CausalIm2colParams& p, const Stream& s) {
+  STAVID_CHECK(p.x && p.col, "causal_im2col: null pointer");
+  STAVID_CHECK(p.cin >= 1 && p.frames >= 1 && p.height >= 1 && p.width >= 1, "causal_im2col: bad sizes");
+  STAVID_CHECK(p.kt >= 1 && p.kh >= 1 && p.kw >= 1 && p.kh % 2 == 1 && p.kw % 2 == 1,
+               "causal_im2col: kernel sizes must be >= 1 and odd in H and W");
+  STAVID_CHECK(p.t0 >= 0 && p.nt >= 1 && p.t0 + p.nt <= p.frames, "causal_im2col: frame range [", p.t0, ", ",
+               p.t0 + p.nt, ") outside ", p.frames, " frames");
+  dispatch("causal_im2col", p, s, detail::causal_im2col_cpu, CUDA_FN(detail::causal_im2col_cuda));
+}
+
+void group_norm(const GroupNormParams& p, const Stream& s) {
+  STAVID_CHECK(p.x && p.y, "group_norm: null pointer");
+  STAVID_CHECK(p.groups >= 1 && p.channels % p.groups == 0, "group_norm: ", p.channels,
+               " channels are not divisible into ", p.groups, " groups");
+  if (p.n == 0 || p.batch == 0) return;
+  dispatch("group_norm", p, s, detail::group_norm_cpu, CUDA_FN(detail::group_norm_cuda));
+}
+
+void group_sums(const GroupSumsParams& p, const Stream& s) {
+  STAVID_CHECK(p.x && p.sums, "group_sums: null pointer");
+  STAVID_CHECK(p.groups >= 1 && p.channels % p.groups == 0, "group_sums: channels not divisible into groups");
+  if (p.n == 0 || p.batch == 0) return;
+  dispatch("group_sums", p, s, detail::group_sums_cpu, CUDA_FN(detail::group_sums_cuda));
+}
+
+void upsample_causal(const UpsampleParams& p, const Stream& s) {
+  STAVID_CHECK(p.x && p.y, "upsample_causal: null pointer");
+  STAVID_CHECK(p.frames >= 1 && p.ft >= 1 && p.fh >= 1 && p.fw >= 1, "upsample_causal: bad sizes");
+  dispatch("upsample_causal", p, s, detail::upsample_causal_cpu, CUDA_FN(detail::upsample_causal_cuda));
 }
 
 }  // namespace stavid

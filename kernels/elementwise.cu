@@ -38,13 +38,14 @@ __global__ void unary_kernel(UnaryOp op, const T* x, T* y, int64_t n) {
 // (W = vector width or 1); cols % W == 0 is guaranteed by the launcher.
 template <typename T, int W>
 __global__ void binary_kernel(BinaryOp op, const T* a, const T* b, T* y, int64_t rows, int64_t cols,
-                              int64_t a_stride, int64_t y_stride, int64_t b_rpg, int64_t b_stride) {
+                              int64_t a_stride, int64_t y_stride, int64_t b_rpg, int64_t b_stride,
+                              int64_t b_col_stride) {
   const int64_t units_per_row = cols / W;
   const int64_t total = rows * units_per_row;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t u = blockIdx.x * blockDim.x + threadIdx.x; u < total; u += stride) {
     const int64_t r = u / units_per_row, c = (u % units_per_row) * W;
-    const int64_t bo = (r / b_rpg) * b_stride + c;
+    const int64_t bo = (r / b_rpg) * b_stride + c * b_col_stride;
     if constexpr (W > 1) {
       float va[W], vb[W];
       cuda::load_vec(a + r * a_stride + c, va);
@@ -188,13 +189,13 @@ void binary_cuda(const BinaryParams& p, CudaStream s) {
     const auto* b = static_cast<const T*>(p.b);
     auto* y = static_cast<T*>(p.y);
     const bool vec = all_aligned({p.a, p.b, p.y}) && p.cols % V == 0 && p.a_stride % V == 0 &&
-                     p.y_stride % V == 0 && p.b_stride % V == 0;
+                     p.y_stride % V == 0 && p.b_stride % V == 0 && p.b_col_stride == 1;
     if (vec) {
       binary_kernel<T, V><<<cuda::grid_for(p.rows * p.cols / V, kThreads), kThreads, 0, s>>>(
-          p.op, a, b, y, p.rows, p.cols, p.a_stride, p.y_stride, p.b_rows_per_group, p.b_stride);
+          p.op, a, b, y, p.rows, p.cols, p.a_stride, p.y_stride, p.b_rows_per_group, p.b_stride, p.b_col_stride);
     } else {
       binary_kernel<T, 1><<<cuda::grid_for(p.rows * p.cols, kThreads), kThreads, 0, s>>>(
-          p.op, a, b, y, p.rows, p.cols, p.a_stride, p.y_stride, p.b_rows_per_group, p.b_stride);
+          p.op, a, b, y, p.rows, p.cols, p.a_stride, p.y_stride, p.b_rows_per_group, p.b_stride, p.b_col_stride);
     }
     STAVID_CUDA_CHECK_LAUNCH();
   });

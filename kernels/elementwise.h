@@ -28,9 +28,10 @@ void unary(const UnaryParams& p, const Stream& stream);
 enum class BinaryOp : uint8_t { Add, Mul };
 
 // Over a [rows, cols] grid:
-//   y[r, c] = a[r*a_stride + c]  op  b[(r / b_rows_per_group) * b_stride + c]
+//   y[r, c] = a[r*a_stride + c]  op  b[(r / b_rows_per_group) * b_stride + c * b_col_stride]
 // b_rows_per_group = 1 with b_stride = cols is the same shape; rows_per_group = rows with
-// b_stride = 0 broadcasts one row vector; rows_per_group = N_tokens broadcasts a per-batch vector.
+// b_stride = 0 broadcasts one row vector; rows_per_group = N_tokens broadcasts a per-batch vector;
+// b_stride = 1 with b_col_stride = 0 broadcasts one value per row (a per-channel bias in NCTHW).
 struct BinaryParams {
   BinaryOp op = BinaryOp::Add;
   const void* a = nullptr;
@@ -39,6 +40,7 @@ struct BinaryParams {
   int64_t rows = 0, cols = 0;
   int64_t a_stride = 0, y_stride = 0;
   int64_t b_rows_per_group = 1, b_stride = 0;
+  int64_t b_col_stride = 1;
   DType dtype = DType::F32;
   Device device;
 };

@@ -18,7 +18,7 @@ void binary_cpu(const BinaryParams& p) {
     const int64_t bro = (r / p.b_rows_per_group) * p.b_stride;
     for (int64_t c = 0; c < p.cols; ++c) {
       const float a = load_as_float(p.a, p.dtype, static_cast<size_t>(r * p.a_stride + c));
-      const float b = load_as_float(p.b, p.dtype, static_cast<size_t>(bro + c));
+      const float b = load_as_float(p.b, p.dtype, static_cast<size_t>(bro + c * p.b_col_stride));
       store_from_float(p.y, p.dtype, static_cast<size_t>(r * p.y_stride + c),
                        p.op == BinaryOp::Add ? a + b : a * b);
     }
