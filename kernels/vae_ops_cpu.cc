@@ -1,4 +1,5 @@
 // CPU reference for the VAE op families (kernels/vae_ops.h).
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -7,7 +8,44 @@
 
 namespace stavid::detail {
 
+namespace {
+// fp32 fast path: whole rows copied with clamped edges, no per-element dtype dispatch.
+void causal_im2col_f32(const CausalIm2colParams& p) {
+  const int64_t hw = static_cast<int64_t>(p.height) * p.width, cols = p.nt * hw;
+  const int32_t pad = p.kt - 1;
+  const float* x = static_cast<const float*>(p.x);
+  const float* prev = static_cast<const float*>(p.prev);
+  float* col = static_cast<float*>(p.col);
+  for (int32_t ci = 0; ci < p.cin; ++ci)
+    for (int32_t dt = 0; dt < p.kt; ++dt)
+      for (int32_t dh = 0; dh < p.kh; ++dh)
+        for (int32_t dw = 0; dw < p.kw; ++dw) {
+          const int64_t row = ((static_cast<int64_t>(ci) * p.kt + dt) * p.kh + dh) * p.kw + dw;
+          float* out = col + row * cols;
+          const int32_t off = dw - p.kw / 2;
+          for (int32_t t = 0; t < p.nt; ++t) {
+            const int32_t src_t = p.t0 + t + dt - pad;
+            const float* frame = src_t >= 0 ? x + (ci * static_cast<int64_t>(p.frames) + src_t) * hw
+                                 : prev     ? prev + (ci * static_cast<int64_t>(pad) + pad + src_t) * hw
+                                            : x + ci * static_cast<int64_t>(p.frames) * hw;
+            for (int32_t h = 0; h < p.height; ++h) {
+              const float* src = frame + static_cast<int64_t>(std::min(std::max(h + dh - p.kh / 2, 0), p.height - 1)) * p.width;
+              float* dst = out + t * hw + static_cast<int64_t>(h) * p.width;
+              const int32_t w_lo = std::max(0, -off), w_hi = std::min(p.width, p.width - off);
+              for (int32_t w = 0; w < w_lo; ++w) dst[w] = src[0];
+              for (int32_t w = w_lo; w < w_hi; ++w) dst[w] = src[w + off];
+              for (int32_t w = std::max(w_hi, w_lo); w < p.width; ++w) dst[w] = src[p.width - 1];
+            }
+          }
+        }
+}
+}  // namespace
+
 void causal_im2col_cpu(const CausalIm2colParams& p) {
+  if (p.dtype == DType::F32) {
+    causal_im2col_f32(p);
+    return;
+  }
   const int64_t hw = static_cast<int64_t>(p.height) * p.width, cols = p.nt * hw;
   const int32_t pad = p.kt - 1;
   for (int32_t ci = 0; ci < p.cin; ++ci)

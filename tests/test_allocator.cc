@@ -34,6 +34,19 @@ TEST(Allocator, CpuTracksLiveBytes) {
   EXPECT_EQ(a.stats().allocated_bytes, before.allocated_bytes);
 }
 
+TEST(Allocator, CpuReusesFreedBlocks) {
+  Allocator& a = allocator_for(Device::cpu());
+  void* p = a.allocate(5 << 20, Stream::cpu());
+  a.deallocate(p);
+  const AllocatorStats warm = a.stats();
+  void* q = a.allocate(5 << 20, Stream::cpu());  // same size class: the cached block
+  EXPECT_EQ(p, q);
+  EXPECT_EQ(a.stats().num_device_allocs, warm.num_device_allocs);
+  a.deallocate(q);
+  a.empty_cache();
+  EXPECT_EQ(a.stats().reserved_bytes, a.stats().allocated_bytes);
+}
+
 TEST(Allocator, CudaSteadyStateMakesNoDriverCalls) {
   STAVID_REQUIRE_CUDA();
   Allocator& a = allocator_for(Device::cuda(0));

@@ -79,6 +79,20 @@ TEST(VaeGolden, SmallDecode) {
   EXPECT_LE(nmse(vae.decode(g.get("z")).to_host_f32(), g.host("raw")), kTight);
 }
 
+TEST(VaeGolden, ChunkedDecodeFollowsTheCausalCacheRules) {
+  const Golden g("tiny");
+  VaeDecoder vae = g.decoder(Device::cpu(), DType::F32);
+  const Tensor z = g.get("chunk_z");  // 5 latent frames -> 17 video frames
+  // One chunk covering the clip is the full decode.
+  EXPECT_LE(nmse(vae.decode_chunked(z, 5).to_host_f32(), g.host("chunk_full")), kTight);
+  EXPECT_LE(nmse(vae.decode(z).to_host_f32(), g.host("chunk_full")), kTight);
+  // Chunks of 2 latent frames with per-chunk GroupNorm statistics: the reference's single-pass
+  // variant, exactly (conv caches, first-frame upsampling only in chunk 0, attention K/V cache).
+  const Tensor chunked = vae.decode_chunked(z, 2);
+  EXPECT_EQ(chunked.shape(), (Shape{1, 3, 17, 16, 24}));
+  EXPECT_LE(nmse(chunked.to_host_f32(), g.host("chunk_per_chunk_stats")), kTight);
+}
+
 TEST(VaeGolden, CudaMatchesTheReference) {
   STAVID_REQUIRE_CUDA();
   for (DType dt : {DType::F32, DType::BF16}) {
@@ -87,6 +101,10 @@ TEST(VaeGolden, CudaMatchesTheReference) {
     const auto raw = vae.decode(g.get("z", Device::cuda(0))).to_host_f32();
     ASSERT_TRUE(test::all_finite(raw));
     EXPECT_LE(nmse(raw, g.host("raw")), dt == DType::F32 ? 1e-6 : 1e-3) << dtype_name(dt);
+    const Golden tiny("tiny");
+    VaeDecoder small_vae = tiny.decoder(Device::cuda(0), dt);
+    const auto chunked = small_vae.decode_chunked(tiny.get("chunk_z", Device::cuda(0)), 2).to_host_f32();
+    EXPECT_LE(nmse(chunked, tiny.host("chunk_per_chunk_stats")), dt == DType::F32 ? 1e-6 : 1e-3) << dtype_name(dt);
   }
 }
 

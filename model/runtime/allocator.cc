@@ -35,11 +35,27 @@ void note_alloc(AllocatorStats& s, size_t size) {
 
 // ---- CPU ----
 
+CpuAllocator::~CpuAllocator() {
+  for (auto& [size, ptr] : free_) std::free(ptr);
+}
+
 void* CpuAllocator::allocate(size_t bytes, const Stream&) {
-  const size_t size = (bytes + 255) / 256 * 256;
-  void* p = std::aligned_alloc(256, size == 0 ? 256 : size);
-  STAVID_CHECK_CODE(p != nullptr, ErrorCode::OutOfMemory, "host allocation of ", bytes, " bytes failed");
+  const size_t size = allocation_size_class(bytes);
   std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = free_.find(size); it != free_.end()) {
+    void* p = it->second;
+    free_.erase(it);
+    cached_bytes_ -= size;
+    live_[p] = size;
+    note_alloc(stats_, size);
+    return p;
+  }
+  void* p = std::aligned_alloc(256, size);
+  if (p == nullptr) {
+    release_cached_locked();
+    p = std::aligned_alloc(256, size);
+  }
+  STAVID_CHECK_CODE(p != nullptr, ErrorCode::OutOfMemory, "host allocation of ", bytes, " bytes failed");
   live_[p] = size;
   stats_.reserved_bytes += size;
   ++stats_.num_device_allocs;
@@ -49,16 +65,35 @@ void* CpuAllocator::allocate(size_t bytes, const Stream&) {
 
 void CpuAllocator::deallocate(void* ptr) {
   if (ptr == nullptr) return;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = live_.find(ptr);
-    if (it == live_.end()) return;
-    stats_.allocated_bytes -= it->second;
-    stats_.reserved_bytes -= it->second;
-    ++stats_.num_device_frees;
-    live_.erase(it);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = live_.find(ptr);
+  if (it == live_.end()) return;
+  const size_t size = it->second;
+  stats_.allocated_bytes -= size;
+  live_.erase(it);
+  if (cached_bytes_ + size <= kMaxCachedBytes) {
+    free_.emplace(size, ptr);
+    cached_bytes_ += size;
+    return;
   }
+  stats_.reserved_bytes -= size;
+  ++stats_.num_device_frees;
   std::free(ptr);
+}
+
+void CpuAllocator::release_cached_locked() {
+  for (auto& [size, ptr] : free_) {
+    std::free(ptr);
+    stats_.reserved_bytes -= size;
+    ++stats_.num_device_frees;
+  }
+  free_.clear();
+  cached_bytes_ = 0;
+}
+
+void CpuAllocator::empty_cache() {
+  std::lock_guard<std::mutex> lock(mu_);
+  release_cached_locked();
 }
 
 AllocatorStats CpuAllocator::stats() const {

@@ -49,17 +49,24 @@ Allocator& allocator_for(Device device);
 // Rounded size class used by the CUDA caching allocator (exposed for tests).
 size_t allocation_size_class(size_t bytes);
 
+// Host memory, 256-byte aligned, with the same size classes and a bounded cache of freed blocks
+// (large buffers from the system allocator are fresh mmaps whose page faults dominate otherwise).
 class CpuAllocator final : public Allocator {
  public:
+  static constexpr size_t kMaxCachedBytes = size_t(2) << 30;
+  ~CpuAllocator() override;
   void* allocate(size_t bytes, const Stream& stream) override;
   void deallocate(void* ptr) override;
-  void empty_cache() override {}
+  void empty_cache() override;
   AllocatorStats stats() const override;
   void reset_peak() override;
 
  private:
+  void release_cached_locked();
   mutable std::mutex mu_;
   std::unordered_map<void*, size_t> live_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_bytes_ = 0;
   AllocatorStats stats_;
 };
 

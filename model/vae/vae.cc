@@ -149,6 +149,7 @@ class Loader {
 VaeDecoder::VaeDecoder(VaeConfig config, const Checkpoint& ckpt, Device device, DType dtype)
     : config_(std::move(config)), device_(device), dtype_(dtype) {
   config_.validate();
+  if (device.is_cpu()) max_col_bytes = size_t(64) << 20;
   Loader l(ckpt, device, dtype);
   const std::vector<int32_t> rc(config_.block_out_channels.rbegin(), config_.block_out_channels.rend());
   const int64_t top = rc[0], lat = config_.latent_channels;
@@ -196,8 +197,30 @@ VaeDecoder VaeDecoder::load(const std::string& dir, Device device, DType dtype) 
   return VaeDecoder(c, Checkpoint::open(dir), device, dtype);
 }
 
-Tensor VaeDecoder::conv(const Tensor& x, const Conv& c) const {
+Tensor* DecodeRun::cache_for(const void* conv) {
+  for (auto& [key, t] : conv_cache)
+    if (key == conv) return &t;
+  conv_cache.emplace_back(conv, Tensor());
+  return &conv_cache.back().second;
+}
+
+Tensor VaeDecoder::conv(const Tensor& x, const Conv& c, DecodeRun* run) const {
   const int64_t b = x.size(0), cin = x.size(1), t = x.size(2), h = x.size(3), w = x.size(4);
+  // Chunked decode: the front padding is the cached last 2 input frames of the previous chunk; the
+  // new cache is the last 2 frames of [front, x] (front = frame 0 twice at the video start).
+  Tensor front, new_cache;
+  if (run && run->chunked && c.k == 3) {
+    Tensor* cache = run->cache_for(&c);
+    front = *cache;
+    new_cache = Tensor::empty({b, cin, 2, h, w}, dtype_, device_);
+    if (t >= 2) {
+      new_cache.copy_from(x.slice(2, t - 2, t));
+    } else {
+      new_cache.slice(2, 0, 1).copy_from(front.defined() ? front.slice(2, 1, 2) : x.slice(2, 0, 1));
+      new_cache.slice(2, 1, 2).copy_from(x.slice(2, 0, 1));
+    }
+    *cache = new_cache;
+  }
   const int64_t cout = c.w.size(0), kk = c.w.size(1), hw = h * w;
   STAVID_CHECK(kk == cin * c.k * c.k * c.k, "VAE conv: weight ", c.w.str(), " does not match input ", x.str());
   const Tensor xc = x.contiguous();
@@ -224,6 +247,8 @@ Tensor VaeDecoder::conv(const Tensor& x, const Conv& c) const {
       } else {
         CausalIm2colParams ip;
         ip.x = xb;
+        if (front.defined())
+          ip.prev = static_cast<const char*>(front.data()) + bi * cin * 2 * hw * static_cast<int64_t>(esz);
         ip.col = col.data();
         ip.cin = static_cast<int32_t>(cin);
         ip.frames = static_cast<int32_t>(t);
@@ -282,9 +307,9 @@ Tensor VaeDecoder::norm(const Tensor& x, const Norm& n, bool silu) const {
   return y;
 }
 
-Tensor VaeDecoder::resblock(const Tensor& x, const ResBlock& r) const {
-  Tensor h = conv(norm(x, r.norm1, true), r.conv1);
-  h = conv(norm(h, r.norm2, true), r.conv2);
+Tensor VaeDecoder::resblock(const Tensor& x, const ResBlock& r, DecodeRun& run) const {
+  Tensor h = conv(norm(x, r.norm1, true), r.conv1, &run);
+  h = conv(norm(h, r.norm2, true), r.conv2, &run);
   const Tensor sc = r.shortcut.w.defined() ? conv(x, r.shortcut) : x;
   return ops::add(sc, h);
 }
@@ -297,32 +322,50 @@ Tensor VaeDecoder::post_quant(const Tensor& z) {
   return conv(zero, post_quant_);
 }
 
-Tensor VaeDecoder::conv_in(const Tensor& x) { return conv(x, conv_in_); }
+Tensor VaeDecoder::conv_in(const Tensor& x, DecodeRun& run) { return conv(x, conv_in_, &run); }
 
-Tensor VaeDecoder::mid_attention(const Tensor& x) {
+Tensor VaeDecoder::mid_attention(const Tensor& x, DecodeRun& run) {
   const int64_t b = x.size(0), c = x.size(1), t = x.size(2), hw = x.size(3) * x.size(4);
   const Tensor h = norm(x, mid_attn_.norm, false);
   const Tensor tokens = h.view({b, c, t * hw}).transpose(1, 2).contiguous();  // [B, THW, C]
   const Tensor q = ops::linear(tokens, mid_attn_.q_w, mid_attn_.q_b);
-  const Tensor k = ops::linear(tokens, mid_attn_.k_w, mid_attn_.k_b);
-  const Tensor v = ops::linear(tokens, mid_attn_.v_w, mid_attn_.v_b);
+  Tensor k = ops::linear(tokens, mid_attn_.k_w, mid_attn_.k_b);
+  Tensor v = ops::linear(tokens, mid_attn_.v_w, mid_attn_.v_b);
+  // Chunked decode: keys/values of every earlier latent frame come first (frame-causal, so this
+  // chunk's queries see all of them and nothing of a later chunk).
+  const int64_t seen = run.chunked ? run.frames_seen : 0;
+  if (run.chunked && run.k_cache.defined()) {
+    Tensor ka = Tensor::empty({b, (seen + t) * hw, c}, dtype_, device_), va = Tensor::empty(ka.shape(), dtype_, device_);
+    ka.slice(1, 0, seen * hw).copy_from(run.k_cache);
+    ka.slice(1, seen * hw, (seen + t) * hw).copy_from(k);
+    va.slice(1, 0, seen * hw).copy_from(run.v_cache);
+    va.slice(1, seen * hw, (seen + t) * hw).copy_from(v);
+    k = ka;
+    v = va;
+  }
+  if (run.chunked) {
+    run.k_cache = k;
+    run.v_cache = v;
+    run.frames_seen = seen + t;
+  }
+  const int64_t total_keys = (seen + t) * hw;
   Tensor o = Tensor::empty({b, t * hw, c}, dtype_, device_);
   const Stream s = rt::current_stream(device_);
   const float scale = 1.f / std::sqrt(static_cast<float>(c));
   const size_t esz = dtype_size(dtype_);
   // Frame-causal: queries of frame i see keys of frames 0..i, i.e. a prefix of K/V, so each query
   // chunk is an exact dense attention over that prefix (scores in fp32, bounded by max_col_bytes).
-  const int64_t max_keys = t * hw;
+  const int64_t max_keys = total_keys;
   const int64_t q_chunk = std::max<int64_t>(1, std::min<int64_t>(hw, static_cast<int64_t>(max_col_bytes / (max_keys * 4))));
   Tensor scores = Tensor::empty({q_chunk, max_keys}, DType::F32, device_);
   for (int64_t bi = 0; bi < b; ++bi)
     for (int64_t f = 0; f < t; ++f)
       for (int64_t r0 = 0; r0 < hw; r0 += q_chunk) {
-        const int64_t rows = std::min(q_chunk, hw - r0), keys = (f + 1) * hw;
+        const int64_t rows = std::min(q_chunk, hw - r0), keys = (seen + f + 1) * hw;
         const int64_t q_row = bi * t * hw + f * hw + r0;
         GemmParams g;  // S = scale * Q K^T
         g.a = static_cast<const char*>(q.data()) + q_row * c * static_cast<int64_t>(esz);
-        g.b = static_cast<const char*>(k.data()) + bi * t * hw * c * static_cast<int64_t>(esz);
+        g.b = static_cast<const char*>(k.data()) + bi * total_keys * c * static_cast<int64_t>(esz);
         g.d = scores.data();
         g.m = rows;
         g.n = keys;
@@ -345,7 +388,7 @@ Tensor VaeDecoder::mid_attention(const Tensor& x) {
         const Tensor p = scores.slice(0, 0, rows).slice(1, 0, keys).to(dtype_).contiguous();  // [rows, keys]
         GemmParams pv;  // O = P V
         pv.a = p.data();
-        pv.b = static_cast<const char*>(v.data()) + bi * t * hw * c * static_cast<int64_t>(esz);
+        pv.b = static_cast<const char*>(v.data()) + bi * total_keys * c * static_cast<int64_t>(esz);
         pv.d = static_cast<char*>(o.data()) + q_row * c * static_cast<int64_t>(esz);
         pv.m = rows;
         pv.n = c;
@@ -363,16 +406,16 @@ Tensor VaeDecoder::mid_attention(const Tensor& x) {
   return ops::add(back, x);
 }
 
-Tensor VaeDecoder::mid_block(const Tensor& x) {
-  Tensor h = resblock(x, mid_res0_);
-  if (config_.mid_block_add_attention) h = mid_attention(h);
-  return resblock(h, mid_res1_);
+Tensor VaeDecoder::mid_block(const Tensor& x, DecodeRun& run) {
+  Tensor h = resblock(x, mid_res0_, run);
+  if (config_.mid_block_add_attention) h = mid_attention(h, run);
+  return resblock(h, mid_res1_, run);
 }
 
-Tensor VaeDecoder::up_block(int index, const Tensor& x) {
+Tensor VaeDecoder::up_block(int index, const Tensor& x, DecodeRun& run) {
   const UpBlock& u = up_[index];
   Tensor h = x;
-  for (const ResBlock& r : u.resnets) h = resblock(h, r);
+  for (const ResBlock& r : u.resnets) h = resblock(h, r, run);
   if (!u.upsample_conv.w.defined()) return h;
   UpsampleParams p;
   p.x = h.data();
@@ -384,23 +427,52 @@ Tensor VaeDecoder::up_block(int index, const Tensor& x) {
   p.ft = u.ft;
   p.fh = u.fh;
   p.fw = u.fw;
+  p.first_is_video_start = run.first_chunk;
   p.dtype = dtype_;
   p.device = device_;
   Tensor up = Tensor::empty({h.size(0), h.size(1), upsampled_frames(p), h.size(3) * u.fh, h.size(4) * u.fw}, dtype_, device_);
   p.y = up.data();
   upsample_causal(p, rt::current_stream(device_));
-  return conv(up, u.upsample_conv);
+  return conv(up, u.upsample_conv, &run);
 }
 
-Tensor VaeDecoder::head(const Tensor& x) { return conv(norm(x, norm_out_, true), conv_out_); }
+Tensor VaeDecoder::head(const Tensor& x, DecodeRun& run) { return conv(norm(x, norm_out_, true), conv_out_, &run); }
+
+Tensor VaeDecoder::forward(const Tensor& z, DecodeRun& run) {
+  Tensor h = conv_in(post_quant(z), run);
+  h = mid_block(h, run);
+  for (int i = 0; i < static_cast<int>(up_.size()); ++i) h = up_block(i, h, run);
+  return head(h, run).to(DType::F32);
+}
 
 Tensor VaeDecoder::decode(const Tensor& z) {
   STAVID_CHECK(z.dim() == 5 && z.size(1) == config_.latent_channels, "VAE: latents must be [B, ",
                config_.latent_channels, ", T, h, w], got ", z.str());
-  Tensor h = conv_in(post_quant(z));
-  h = mid_block(h);
-  for (int i = 0; i < static_cast<int>(up_.size()); ++i) h = up_block(i, h);
-  return head(h).to(DType::F32);
+  DecodeRun run;
+  return forward(z, run);
+}
+
+Tensor VaeDecoder::decode_chunked(const Tensor& z, int32_t chunk_latent_frames) {
+  STAVID_CHECK(z.dim() == 5 && z.size(1) == config_.latent_channels, "VAE: latents must be [B, ",
+               config_.latent_channels, ", T, h, w], got ", z.str());
+  STAVID_CHECK(chunk_latent_frames >= 1, "VAE: chunk_latent_frames must be >= 1");
+  const int64_t t = z.size(2);
+  const int64_t s = config_.spatial_compression_ratio;
+  Tensor out = Tensor::empty({z.size(0), config_.out_channels, config_.video_frames(t), z.size(3) * s, z.size(4) * s},
+                             DType::F32, device_);
+  DecodeRun run;
+  run.chunked = true;
+  int64_t f0 = 0;
+  for (int64_t t0 = 0; t0 < t; t0 += chunk_latent_frames) {
+    const int64_t t1 = std::min(t, t0 + chunk_latent_frames);
+    const Tensor y = forward(z.slice(2, t0, t1).contiguous(), run);
+    out.slice(2, f0, f0 + y.size(2)).copy_from(y);
+    f0 += y.size(2);
+    run.first_chunk = false;
+  }
+  STAVID_CHECK_CODE(f0 == out.size(2), ErrorCode::Internal, "VAE: chunked decode produced ", f0, " frames, expected ",
+                    out.size(2));
+  return out;
 }
 
 Tensor VaeDecoder::postprocess(const Tensor& raw) {

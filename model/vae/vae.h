@@ -29,7 +29,7 @@ struct VaeConfig {
   static VaeConfig from_file(const std::string& path);
   // Decoder + post_quant_conv parameters (146,136,339 for the released config).
   int64_t decoder_parameter_count() const;
-  int32_t video_frames(int32_t latent_frames) const { return (latent_frames - 1) * temporal_compression_ratio + 1; }
+  int64_t video_frames(int64_t latent_frames) const { return (latent_frames - 1) * temporal_compression_ratio + 1; }
 };
 
 struct Conv {
@@ -55,6 +55,16 @@ struct UpBlock {
   int32_t ft = 1, fh = 1, fw = 1;      // upsample factors
 };
 
+// Caches carried between the temporal chunks of one decode.
+struct DecodeRun {
+  bool chunked = false;
+  bool first_chunk = true;
+  std::vector<std::pair<const void*, Tensor>> conv_cache;  // conv -> [B, Cin, 2, H, W]
+  Tensor k_cache, v_cache;                                 // [B, frames_seen * HW, C]
+  int64_t frames_seen = 0;
+  Tensor* cache_for(const void* conv);
+};
+
 class VaeDecoder {
  public:
   VaeDecoder(VaeConfig config, const Checkpoint& ckpt, Device device, DType dtype);
@@ -64,23 +74,39 @@ class VaeDecoder {
   // z [B, latent_channels, T, h, w] (scaled latents, as the sampler produces them) -> raw decoder
   // output [B, out_channels, 1 + 4(T-1), 8h, 8w] in fp32 (about [-1, 1]).
   Tensor decode(const Tensor& z);
+  // Bounded-memory decode: latent chunks of `chunk_latent_frames` frames run through the whole
+  // network one after another with causal caches: every 3x3x3 conv keeps the last 2 frames of its
+  // (time-padded) input as the next chunk's front padding, only the first chunk's frame 0 gets the
+  // spatial-only upsampling, the mid attention keeps K/V of all earlier frames. GroupNorm uses each
+  // chunk's own statistics (a single pass cannot know the whole tensor's), so the result differs
+  // from decode() the way tiled decoders do (tools/reference/README.md quantifies it); a chunk as
+  // long as the latent equals decode(). Peak memory scales with the chunk, not the clip.
+  Tensor decode_chunked(const Tensor& z, int32_t chunk_latent_frames);
   // (x / 2 + 0.5).clamp(0, 1), fp32.
   static Tensor postprocess(const Tensor& raw);
 
-  // Pieces, exposed for tests.
+  // Pieces, exposed for tests (each a fresh, unchunked run).
   Tensor post_quant(const Tensor& z);
-  Tensor conv_in(const Tensor& x);
-  Tensor mid_block(const Tensor& x);
-  Tensor mid_attention(const Tensor& x);
-  Tensor up_block(int index, const Tensor& x);
-  Tensor head(const Tensor& x);  // conv_norm_out + SiLU + conv_out
+  Tensor conv_in(const Tensor& x) { DecodeRun r; return conv_in(x, r); }
+  Tensor mid_block(const Tensor& x) { DecodeRun r; return mid_block(x, r); }
+  Tensor mid_attention(const Tensor& x) { DecodeRun r; return mid_attention(x, r); }
+  Tensor up_block(int index, const Tensor& x) { DecodeRun r; return up_block(index, x, r); }
+  Tensor head(const Tensor& x) { DecodeRun r; return head(x, r); }  // conv_norm_out + SiLU + conv_out
 
-  size_t max_col_bytes = size_t(1) << 30;  // im2col scratch budget per conv call
+  // im2col scratch budget per conv call (also bounds the attention's score chunk). Small on the CPU,
+  // where a cache-sized chunk is faster; large on the GPU, where bigger GEMMs are.
+  size_t max_col_bytes = size_t(1) << 30;
 
  private:
-  Tensor conv(const Tensor& x, const Conv& c) const;
+  Tensor forward(const Tensor& z, DecodeRun& run);
+  Tensor conv_in(const Tensor& x, DecodeRun& run);
+  Tensor mid_block(const Tensor& x, DecodeRun& run);
+  Tensor mid_attention(const Tensor& x, DecodeRun& run);
+  Tensor up_block(int index, const Tensor& x, DecodeRun& run);
+  Tensor head(const Tensor& x, DecodeRun& run);
+  Tensor conv(const Tensor& x, const Conv& c, DecodeRun* run = nullptr) const;
   Tensor norm(const Tensor& x, const Norm& n, bool silu) const;
-  Tensor resblock(const Tensor& x, const ResBlock& r) const;
+  Tensor resblock(const Tensor& x, const ResBlock& r, DecodeRun& run) const;
 
   VaeConfig config_;
   Device device_;
