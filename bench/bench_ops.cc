@@ -23,6 +23,7 @@
 #include "kernels/softmax.h"
 #include "model/runtime/cuda_runtime.h"
 #include "model/runtime/tensor.h"
+#include "bench/bench_util.h"
 
 #if defined(STAVID_WITH_CUDA)
 #include <cuda_runtime.h>
@@ -37,50 +38,8 @@ struct Options {
   int reps = 20;
 };
 
-// Median milliseconds of `fn` over `reps` runs after `warmup` runs.
-double time_ms(Device dev, int reps, const std::function<void()>& fn, int warmup = 3) {
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<double> ms;
-#if defined(STAVID_WITH_CUDA)
-  if (dev.is_cuda()) {
-    const Stream s = rt::current_stream(dev);
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    for (int i = 0; i < reps; ++i) {
-      cudaEventRecord(a, s.cuda);
-      fn();
-      cudaEventRecord(b, s.cuda);
-      cudaEventSynchronize(b);
-      float t = 0;
-      cudaEventElapsedTime(&t, a, b);
-      ms.push_back(t);
-    }
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-#endif
-  if (dev.is_cpu()) {
-    for (int i = 0; i < reps; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      fn();
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    }
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
-std::string device_name(Device dev) {
-#if defined(STAVID_WITH_CUDA)
-  if (dev.is_cuda()) {
-    cudaDeviceProp prop{};
-    cudaGetDeviceProperties(&prop, dev.index);
-    return prop.name;
-  }
-#endif
-  return "cpu";
-}
+using bench::device_name;
+using bench::time_ms;
 
 void emit(const std::string& fields, double ms, const std::string& dev) {
   std::printf("{%s,\"ms\":%.5f,\"device\":\"%s\"}\n", fields.c_str(), ms, dev.c_str());

@@ -29,6 +29,7 @@
 #include "kernels/sta.h"
 #include "model/runtime/cuda_runtime.h"
 #include "model/runtime/tensor.h"
+#include "bench/bench_util.h"
 
 #if defined(STAVID_WITH_CUDA)
 #include <cuda_runtime.h>
@@ -54,50 +55,8 @@ struct BenchCase {
 // The five windows calibrated for HunyuanVideo on the 5x6x10 grid (spec section 6).
 const StaWindow kCalibrated[] = {{5, 3, 3}, {3, 3, 5}, {1, 6, 10}, {5, 6, 1}, {5, 1, 10}};
 
-// Median milliseconds of `fn` over `reps` runs after `warmup` runs.
-double time_ms(Device dev, int reps, const std::function<void()>& fn, int warmup) {
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<double> ms;
-#if defined(STAVID_WITH_CUDA)
-  if (dev.is_cuda()) {
-    const Stream s = rt::current_stream(dev);
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    for (int i = 0; i < reps; ++i) {
-      cudaEventRecord(a, s.cuda);
-      fn();
-      cudaEventRecord(b, s.cuda);
-      cudaEventSynchronize(b);
-      float t = 0;
-      cudaEventElapsedTime(&t, a, b);
-      ms.push_back(t);
-    }
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-#endif
-  if (dev.is_cpu()) {
-    for (int i = 0; i < reps; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      fn();
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    }
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
-std::string device_name(Device dev) {
-#if defined(STAVID_WITH_CUDA)
-  if (dev.is_cuda()) {
-    cudaDeviceProp prop{};
-    cudaGetDeviceProperties(&prop, dev.index);
-    return prop.name;
-  }
-#endif
-  return "cpu";
-}
+using bench::device_name;
+using bench::time_ms;
 
 std::string kv(const char* k, double v) {
   char buf[96];

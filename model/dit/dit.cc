@@ -106,6 +106,27 @@ Tensor sinusoids(const std::vector<float>& t, DType dtype, Device device) {
 // Column block i of width d of a [B, k*d] modulation tensor: a [B, d] view.
 Tensor chunk(const Tensor& mod, int i, int64_t d) { return mod.slice(1, i * d, (i + 1) * d); }
 
+// The attention-input preparation shared by dual and single blocks: outputs, RoPE, slot map.
+// Callers set the sources and the norm weights.
+QkvPrepareParams image_qkv_params(const TokenLayout& lay, Tensor& q, Tensor& k, Tensor& v, int32_t batch,
+                                  int32_t heads, int32_t head_dim, DType dtype, Device device) {
+  QkvPrepareParams qp;
+  qp.batch = batch;
+  qp.heads = heads;
+  qp.head_dim = head_dim;
+  qp.rope_cos = lay.rope_cos.data_as<float>();
+  qp.rope_sin = lay.rope_sin.data_as<float>();
+  qp.img_row_of_slot = lay.o_row_map.as<int32_t>();
+  qp.img_slots = lay.geom.img_slots;
+  qp.img_rows = lay.n_img;
+  qp.q = q.data();
+  qp.k = k.data();
+  qp.v = v.data();
+  qp.dtype = dtype;
+  qp.device = device;
+  return qp;
+}
+
 bool all_equal(const std::vector<int32_t>& v) {
   return std::all_of(v.begin(), v.end(), [&](int32_t x) { return x == v[0]; });
 }
@@ -357,31 +378,18 @@ void HunyuanDit::dual_block(State& s, int index) {
   const int64_t seq = lay.geom.img_slots + l;
   Tensor q = Tensor::empty({b, heads, seq, hd}, dtype_, device_), k = Tensor::empty(q.shape(), dtype_, device_),
          v = Tensor::empty(q.shape(), dtype_, device_);
-  QkvPrepareParams qp;
+  QkvPrepareParams qp = image_qkv_params(lay, q, k, v, static_cast<int32_t>(b), heads, hd, dtype_, device_);
   qp.img = qkv_img.data();
-  qp.img_rows = n;
   qp.img_row_stride = 3 * d;
   qp.img_batch_stride = n * 3 * d;
   qp.txt = qkv_txt.data();
   qp.txt_rows = l;
   qp.txt_row_stride = 3 * d;
   qp.txt_batch_stride = l * 3 * d;
-  qp.batch = static_cast<int32_t>(b);
-  qp.heads = heads;
-  qp.head_dim = hd;
   qp.q_norm_img = blk.img_q_norm.data();
   qp.k_norm_img = blk.img_k_norm.data();
   qp.q_norm_txt = blk.txt_q_norm.data();
   qp.k_norm_txt = blk.txt_k_norm.data();
-  qp.rope_cos = lay.rope_cos.data_as<float>();
-  qp.rope_sin = lay.rope_sin.data_as<float>();
-  qp.img_row_of_slot = lay.o_row_map.as<int32_t>();
-  qp.img_slots = lay.geom.img_slots;
-  qp.q = q.data();
-  qp.k = k.data();
-  qp.v = v.data();
-  qp.dtype = dtype_;
-  qp.device = device_;
   qkv_prepare(qp, rt::current_stream(device_));
 
   Tensor o = Tensor::empty({b, n + l, d}, dtype_, device_);  // compact image rows, then text rows
@@ -415,29 +423,16 @@ void HunyuanDit::single_block(State& s, int index) {
   const int64_t seq = lay.geom.img_slots + l;
   Tensor q = Tensor::empty({b, heads, seq, hd}, dtype_, device_), k = Tensor::empty(q.shape(), dtype_, device_),
          v = Tensor::empty(q.shape(), dtype_, device_);
-  QkvPrepareParams qp;
+  QkvPrepareParams qp = image_qkv_params(lay, q, k, v, static_cast<int32_t>(b), heads, hd, dtype_, device_);
   qp.img = qkv.data();
-  qp.img_rows = n;
   qp.img_row_stride = 3 * d;
   qp.img_batch_stride = (n + l) * 3 * d;
   qp.txt = static_cast<const char*>(qkv.data()) + n * 3 * d * static_cast<int64_t>(dtype_size(dtype_));
   qp.txt_rows = l;
   qp.txt_row_stride = 3 * d;
   qp.txt_batch_stride = (n + l) * 3 * d;
-  qp.batch = static_cast<int32_t>(b);
-  qp.heads = heads;
-  qp.head_dim = hd;
   qp.q_norm_img = qp.q_norm_txt = blk.q_norm.data();
   qp.k_norm_img = qp.k_norm_txt = blk.k_norm.data();
-  qp.rope_cos = lay.rope_cos.data_as<float>();
-  qp.rope_sin = lay.rope_sin.data_as<float>();
-  qp.img_row_of_slot = lay.o_row_map.as<int32_t>();
-  qp.img_slots = lay.geom.img_slots;
-  qp.q = q.data();
-  qp.k = k.data();
-  qp.v = v.data();
-  qp.dtype = dtype_;
-  qp.device = device_;
   qkv_prepare(qp, rt::current_stream(device_));
   Tensor attn_view = cat.slice(2, 0, d);
   const int layer = config_.num_layers + index;
