@@ -1,5 +1,6 @@
 #include "model/vae/vae.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 #include "kernels/core/error.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
+#include "kernels/rng.h"
 #include "kernels/softmax.h"
 #include "kernels/vae_ops.h"
 #include "model/runtime/cuda_runtime.h"
@@ -98,10 +100,12 @@ namespace {
 // Reads decoder tensors by name, collecting every problem; encoder.* and quant_conv.* are skipped.
 class Loader {
  public:
-  Loader(const Checkpoint& ckpt, Device dev, DType dt) : ckpt_(ckpt), dev_(dev), dt_(dt) {}
+  // A null checkpoint makes seeded random weights (benchmarks of any config).
+  Loader(const Checkpoint* ckpt, Device dev, DType dt, uint64_t seed) : ckpt_(ckpt), dev_(dev), dt_(dt), seed_(seed) {}
   Tensor get(const std::string& name, const Shape& shape) {
+    if (!ckpt_) return random(name, shape);
     used_.insert(name);
-    const TensorRecord* rec = ckpt_.find(name);
+    const TensorRecord* rec = ckpt_->find(name);
     if (!rec) {
       problems_.push_back("missing: " + name + " " + shape_str(shape));
       return Tensor::zeros(shape, dt_, dev_);
@@ -111,7 +115,24 @@ class Loader {
       problems_.push_back("shape: " + name + " is " + shape_str(got) + ", expected " + shape_str(shape));
       return Tensor::zeros(shape, dt_, dev_);
     }
-    return load_tensor(ckpt_, *rec, dev_, dt_).reshape(shape);
+    return load_tensor(*ckpt_, *rec, dev_, dt_).reshape(shape);
+  }
+  Tensor random(const std::string& name, const Shape& shape) {
+    const bool is_norm = name.find("norm") != std::string::npos;
+    const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    if (is_norm) return Tensor::full(shape, is_bias ? 0.f : 1.f, dt_, dev_);
+    Tensor t = Tensor::empty(shape, dt_, dev_);
+    NormalParams p;
+    p.y = t.data();
+    p.n = t.numel();
+    p.seed = seed_;
+    p.offset = offset_;
+    offset_ += static_cast<uint64_t>(p.n + 3) / 4 * 4;
+    p.stddev = is_bias ? 0.01f : 1.f / std::sqrt(static_cast<float>(shape.back()));
+    p.dtype = dt_;
+    p.device = dev_;
+    normal(p, rt::current_stream(dev_));
+    return t;
   }
   Conv conv(const std::string& p, int64_t cin, int64_t cout, int32_t k) {
     return {get(p + ".weight", {cout, cin * k * k * k}), get(p + ".bias", {cout}), k};
@@ -127,30 +148,40 @@ class Loader {
     return r;
   }
   void finish() const {
+    if (!ckpt_) return;
     std::vector<std::string> all = problems_;
-    for (const std::string& n : ckpt_.names())
+    for (const std::string& n : ckpt_->names())
       if (!used_.count(n) && n.rfind("encoder.", 0) != 0 && n.rfind("quant_conv.", 0) != 0) all.push_back("unused: " + n);
     if (all.empty()) return;
     std::ostringstream os;
-    os << "VAE checkpoint " << ckpt_.path() << " does not match the config (" << all.size() << " problems):";
+    os << "VAE checkpoint " << ckpt_->path() << " does not match the config (" << all.size() << " problems):";
     for (size_t i = 0; i < std::min<size_t>(all.size(), 40); ++i) os << "\n  " << all[i];
     STAVID_THROW(ErrorCode::DataLoss, os.str());
   }
 
  private:
-  const Checkpoint& ckpt_;
+  const Checkpoint* ckpt_;
   Device dev_;
   DType dt_;
+  uint64_t seed_;
+  uint64_t offset_ = 0;
   std::set<std::string> used_;
   std::vector<std::string> problems_;
 };
 }  // namespace
 
 VaeDecoder::VaeDecoder(VaeConfig config, const Checkpoint& ckpt, Device device, DType dtype)
+    : VaeDecoder(std::move(config), &ckpt, device, dtype, 0) {}
+
+VaeDecoder VaeDecoder::random(VaeConfig config, uint64_t seed, Device device, DType dtype) {
+  return VaeDecoder(std::move(config), nullptr, device, dtype, seed);
+}
+
+VaeDecoder::VaeDecoder(VaeConfig config, const Checkpoint* ckpt, Device device, DType dtype, uint64_t seed)
     : config_(std::move(config)), device_(device), dtype_(dtype) {
   config_.validate();
   if (device.is_cpu()) max_col_bytes = size_t(64) << 20;
-  Loader l(ckpt, device, dtype);
+  Loader l(ckpt, device, dtype, seed);
   const std::vector<int32_t> rc(config_.block_out_channels.rbegin(), config_.block_out_channels.rend());
   const int64_t top = rc[0], lat = config_.latent_channels;
   post_quant_ = l.conv("post_quant_conv", lat, lat, 1);
@@ -473,6 +504,107 @@ Tensor VaeDecoder::decode_chunked(const Tensor& z, int32_t chunk_latent_frames) 
   STAVID_CHECK_CODE(f0 == out.size(2), ErrorCode::Internal, "VAE: chunked decode produced ", f0, " frames, expected ",
                     out.size(2));
   return out;
+}
+
+Tensor VaeDecoder::decode_tiled(const Tensor& z, const DecodePlan& plan) {
+  const int64_t t = z.size(2), h = z.size(3), w = z.size(4), s = config_.spatial_compression_ratio;
+  const int32_t chunk = plan.chunk_latent_frames > 0 ? plan.chunk_latent_frames : static_cast<int32_t>(t);
+  const int64_t th = plan.tile_h > 0 ? std::min<int64_t>(plan.tile_h, h) : h;
+  const int64_t tw = plan.tile_w > 0 ? std::min<int64_t>(plan.tile_w, w) : w;
+  if (th == h && tw == w) return decode_chunked(z, chunk);
+  const int64_t ov_h = th < h ? std::min<int64_t>(plan.overlap, th - 1) : 0;
+  const int64_t ov_w = tw < w ? std::min<int64_t>(plan.overlap, tw - 1) : 0;
+  STAVID_CHECK(ov_h >= 0 && ov_w >= 0, "VAE: bad tile overlap");
+  // Tile origins: a regular stride of (tile - overlap), the last tile flush with the edge.
+  auto origins = [](int64_t size, int64_t tile, int64_t ov) {
+    std::vector<int64_t> o;
+    if (tile >= size) return std::vector<int64_t>{0};
+    for (int64_t x = 0;; x += tile - ov) {
+      if (x + tile >= size) {
+        o.push_back(size - tile);
+        break;
+      }
+      o.push_back(x);
+    }
+    return o;
+  };
+  const auto oy = origins(h, th, ov_h), ox = origins(w, tw, ov_w);
+  const int64_t frames = config_.video_frames(t);
+  // Accumulate weighted tiles and the weights on the host, then normalize (fp32).
+  std::vector<float> acc(static_cast<size_t>(z.size(0) * config_.out_channels * frames * h * s * w * s), 0.f);
+  std::vector<float> wsum(static_cast<size_t>(h * s * w * s), 0.f);
+  const int64_t ph = th * s, pw = tw * s, oh_px = ov_h * s, ow_px = ov_w * s;
+  auto ramp = [](int64_t i, int64_t n, int64_t ov, bool lo_edge, bool hi_edge) {
+    float r = 1.f;
+    if (!lo_edge && ov > 0 && i < ov) r = std::min(r, static_cast<float>(i + 1) / static_cast<float>(ov + 1));
+    if (!hi_edge && ov > 0 && i >= n - ov) r = std::min(r, static_cast<float>(n - i) / static_cast<float>(ov + 1));
+    return r;
+  };
+  for (size_t iy = 0; iy < oy.size(); ++iy)
+    for (size_t ix = 0; ix < ox.size(); ++ix) {
+      const Tensor zt = z.slice(3, oy[iy], oy[iy] + th).slice(4, ox[ix], ox[ix] + tw).contiguous();
+      const std::vector<float> tile = decode_chunked(zt, chunk).to_host_f32();  // [B, C, F, ph, pw]
+      const int64_t y0 = oy[iy] * s, x0 = ox[ix] * s;
+      for (int64_t yy = 0; yy < ph; ++yy) {
+        const float ry = ramp(yy, ph, oh_px, iy == 0, iy + 1 == oy.size());
+        for (int64_t xx = 0; xx < pw; ++xx) {
+          const float wgt = ry * ramp(xx, pw, ow_px, ix == 0, ix + 1 == ox.size());
+          wsum[(y0 + yy) * w * s + x0 + xx] += wgt;
+          for (int64_t bcf = 0; bcf < z.size(0) * config_.out_channels * frames; ++bcf)
+            acc[(bcf * h * s + y0 + yy) * w * s + x0 + xx] += wgt * tile[(bcf * ph + yy) * pw + xx];
+        }
+      }
+    }
+  for (int64_t bcf = 0; bcf < z.size(0) * config_.out_channels * frames; ++bcf)
+    for (int64_t px = 0; px < h * s * w * s; ++px) acc[bcf * h * s * w * s + px] /= wsum[px];
+  return Tensor::from_host(acc, {z.size(0), config_.out_channels, frames, h * s, w * s}, DType::F32, device_);
+}
+
+size_t VaeDecoder::estimate_peak_bytes(const Shape& zs, const DecodePlan& plan) const {
+  const int64_t t = zs[2], h = zs[3], w = zs[4], s = config_.spatial_compression_ratio;
+  const int64_t chunk = plan.chunk_latent_frames > 0 ? std::min<int64_t>(plan.chunk_latent_frames, t) : t;
+  const int64_t th = plan.tile_h > 0 ? std::min<int64_t>(plan.tile_h, h) : h;
+  const int64_t tw = plan.tile_w > 0 ? std::min<int64_t>(plan.tile_w, w) : w;
+  const size_t esz = dtype_size(dtype_);
+  // The largest activation of one chunk/tile: walk the up blocks' (channels, frames, size).
+  const std::vector<int32_t> rc(config_.block_out_channels.rbegin(), config_.block_out_channels.rend());
+  int64_t f = chunk, hh = th, ww = tw, largest = static_cast<int64_t>(rc[0]) * f * hh * ww;
+  for (size_t i = 0; i < up_.size(); ++i) {
+    largest = std::max(largest, static_cast<int64_t>(rc[i]) * f * hh * ww);
+    if (up_[i].upsample_conv.w.defined()) {
+      f = f * up_[i].ft;  // at most (a later chunk)
+      hh *= up_[i].fh;
+      ww *= up_[i].fw;
+      largest = std::max(largest, static_cast<int64_t>(rc[i]) * f * hh * ww);
+    }
+  }
+  // A resnet holds its input, two normalized/convolved intermediates and the sum at once, plus the
+  // im2col scratch; the attention's scores; the decoded video itself (fp32) and one tile in fp32.
+  const size_t act = static_cast<size_t>(largest) * esz;
+  const int64_t hw_lat = th * tw;
+  const size_t scores = std::min(max_col_bytes, static_cast<size_t>(hw_lat) * static_cast<size_t>(t * hw_lat) * 4);
+  const size_t video = static_cast<size_t>(zs[0] * config_.out_channels * config_.video_frames(t) * h * s * w * s) * 4;
+  const size_t tile_out = static_cast<size_t>(zs[0] * config_.out_channels * config_.video_frames(t) * th * s * tw * s) * 4;
+  const size_t kv = static_cast<size_t>(2 * rc[0] * t * hw_lat) * esz;
+  return 5 * act + max_col_bytes + scores + video + (th < h || tw < w ? 2 * tile_out : 0) + kv;
+}
+
+VaeDecoder::DecodePlan VaeDecoder::plan_for_budget(const Shape& zs, size_t budget_bytes) const {
+  const int32_t t = static_cast<int32_t>(zs[2]), h = static_cast<int32_t>(zs[3]), w = static_cast<int32_t>(zs[4]);
+  // Prefer whole frames (no spatial seams) with the longest chunk that fits; then shrink tiles.
+  for (int32_t tile = std::max(h, w); tile >= 4; tile = tile * 3 / 4) {
+    for (int32_t chunk = t; chunk >= 1; chunk = chunk > 1 ? chunk / 2 : 0) {
+      DecodePlan p;
+      p.chunk_latent_frames = chunk;
+      p.tile_h = std::min(tile, h);
+      p.tile_w = std::min(tile, w);
+      p.overlap = std::clamp(tile / 4, 2, 8);
+      if (estimate_peak_bytes(zs, p) <= budget_bytes) return p;
+      if (chunk == 1) break;
+    }
+  }
+  STAVID_THROW(ErrorCode::OutOfMemory, "VAE: no chunk/tile plan fits a budget of ", budget_bytes, " bytes for latents ",
+               shape_str(zs));
 }
 
 Tensor VaeDecoder::postprocess(const Tensor& raw) {

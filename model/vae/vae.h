@@ -69,6 +69,8 @@ class VaeDecoder {
  public:
   VaeDecoder(VaeConfig config, const Checkpoint& ckpt, Device device, DType dtype);
   static VaeDecoder load(const std::string& dir, Device device, DType dtype);
+  // Seeded random weights of the config's shapes (benchmarks).
+  static VaeDecoder random(VaeConfig config, uint64_t seed, Device device, DType dtype);
 
   const VaeConfig& config() const { return config_; }
   // z [B, latent_channels, T, h, w] (scaled latents, as the sampler produces them) -> raw decoder
@@ -82,6 +84,25 @@ class VaeDecoder {
   // from decode() the way tiled decoders do (tools/reference/README.md quantifies it); a chunk as
   // long as the latent equals decode(). Peak memory scales with the chunk, not the clip.
   Tensor decode_chunked(const Tensor& z, int32_t chunk_latent_frames);
+  // Spatial tiling on top of temporal chunks: the latent is cut into overlapping tiles of
+  // (tile_h, tile_w) latent pixels, `overlap` latent pixels shared between neighbours; each tile is
+  // decoded with decode_chunked and the overlaps are blended linearly (the weight of a tile ramps
+  // from 0 to 1 across the overlap), as tiled video decoders do.
+  struct DecodePlan {
+    int32_t chunk_latent_frames = 0;  // 0: the whole clip at once
+    int32_t tile_h = 0, tile_w = 0;   // latent pixels; 0: no spatial tiling
+    int32_t overlap = 0;              // latent pixels shared by neighbouring tiles
+  };
+  Tensor decode_tiled(const Tensor& z, const DecodePlan& plan);
+  // Estimated peak device bytes of decoding `z_shape` with `plan` (the output video included).
+  size_t estimate_peak_bytes(const Shape& z_shape, const DecodePlan& plan) const;
+  // The largest chunk and tile whose estimate fits `budget_bytes`: whole frames first, then square
+  // tiles shrinking by 3/4 down to 4 latent pixels, overlap a quarter of the tile within 2..8;
+  // throws OutOfMemory when nothing fits.
+  DecodePlan plan_for_budget(const Shape& z_shape, size_t budget_bytes) const;
+  Tensor decode_with_budget(const Tensor& z, size_t budget_bytes) {
+    return decode_tiled(z, plan_for_budget(z.shape(), budget_bytes));
+  }
   // (x / 2 + 0.5).clamp(0, 1), fp32.
   static Tensor postprocess(const Tensor& raw);
 
@@ -98,6 +119,7 @@ class VaeDecoder {
   size_t max_col_bytes = size_t(1) << 30;
 
  private:
+  VaeDecoder(VaeConfig config, const Checkpoint* ckpt, Device device, DType dtype, uint64_t seed);
   Tensor forward(const Tensor& z, DecodeRun& run);
   Tensor conv_in(const Tensor& x, DecodeRun& run);
   Tensor mid_block(const Tensor& x, DecodeRun& run);
