@@ -7,6 +7,12 @@
 //
 // Usage: bench_dit [--config full|small] [--latent T H W] [--text N] [--text-valid N]
 //                  [--tile T H W] [--modes dense,sta_3_3_3,sta_5_5_5] [--reps N]
+//                  [--profile] [--gemm-shapes FILE] [--teacache-steps N --teacache THRESH]
+//   --profile: one more forward per mode under the kernel profiler: a "dit_breakdown" line with
+//   milliseconds per op family, and (with --gemm-shapes) the step's GEMM shapes as JSON for
+//   tools/bench/gemm_floor.py, which times the same GEMMs with torch.matmul.
+//   --teacache-steps: a short schedule of N steps with TeaCache at THRESH (STA (3,3,3)): prints the
+//   mean step time and the skipped count.
 //   defaults: the released 13B config, latent 30 x 96 x 160 (117 x 768 x 1280 video: 30 x 48 x 80 =
 //   115,200 tokens), 256 text slots with 200 valid, tile 6 x 8 x 8.
 #include <algorithm>
@@ -20,7 +26,10 @@
 #include "kernels/core/error.h"
 #include "model/dit/dit.h"
 #include "model/runtime/allocator.h"
+#include "model/dit/teacache.h"
 #include "model/runtime/cuda_runtime.h"
+#include "model/runtime/profiler.h"
+#include "model/sampler/flow_match.h"
 
 using namespace stavid;
 using namespace stavid::dit;
@@ -42,7 +51,10 @@ double now_ms() {
 int main(int argc, char** argv) {
   std::string config = "full", modes = "sta_3_3_3,sta_5_5_5,dense";
   int32_t latent[3] = {30, 96, 160}, tile[3] = {6, 8, 8};
-  int32_t text = 256, text_valid = 200, reps = 1;
+  int32_t text = 256, text_valid = 200, reps = 1, teacache_steps = 0;
+  float teacache = 0.15f;
+  bool profile = false;
+  std::string gemm_shapes_path;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -53,6 +65,10 @@ int main(int argc, char** argv) {
     else if (a == "--text") text = std::atoi(next().c_str());
     else if (a == "--text-valid") text_valid = std::atoi(next().c_str());
     else if (a == "--reps") reps = std::atoi(next().c_str());
+    else if (a == "--profile") profile = true;
+    else if (a == "--gemm-shapes") gemm_shapes_path = next();
+    else if (a == "--teacache-steps") teacache_steps = std::atoi(next().c_str());
+    else if (a == "--teacache") teacache = std::strtof(next().c_str(), nullptr);
     else {
       std::fprintf(stderr, "usage: see the comment at the top of bench/bench_dit.cc\n");
       return 2;
@@ -128,6 +144,62 @@ int main(int argc, char** argv) {
                   tile[2], ms[ms.size() / 2], st.peak_reserved_bytes / 1073741824.0,
                   st.peak_allocated_bytes / 1073741824.0, dev.str().c_str());
       std::fflush(stdout);
+      if (profile) {
+        rt::KernelProfiler prof;
+        const double a = now_ms();
+        model.forward(in, plan);
+        rt::synchronize_device(dev);
+        const double step_ms = now_ms() - a;
+        double kernel_ms = 0;
+        std::string fams;
+        for (const auto& [op, t] : prof.totals()) {
+          kernel_ms += t.ms;
+          char buf[160];
+          std::snprintf(buf, sizeof(buf), "%s\"%s\":{\"ms\":%.2f,\"calls\":%lld}", fams.empty() ? "" : ",", op.c_str(), t.ms,
+                        static_cast<long long>(t.calls));
+          fams += buf;
+        }
+        std::printf("{\"bench\":\"dit_breakdown\",\"mode\":\"%s\",\"step_ms\":%.1f,\"kernel_ms\":%.1f,\"families\":{%s}}\n",
+                    mode.c_str(), step_ms, kernel_ms, fams.c_str());
+        if (!gemm_shapes_path.empty()) {
+          std::FILE* f = std::fopen(gemm_shapes_path.c_str(), "w");
+          STAVID_CHECK_CODE(f != nullptr, ErrorCode::NotFound, "cannot write ", gemm_shapes_path);
+          std::fprintf(f, "[");
+          bool first = true;
+          for (const auto& g : prof.gemm_shapes()) {
+            std::fprintf(f, "%s{\"m\":%lld,\"n\":%lld,\"k\":%lld,\"batch\":%lld,\"dtype\":\"%s\",\"epilogue\":\"%s\",\"count\":%lld}",
+                         first ? "" : ",", static_cast<long long>(g.m), static_cast<long long>(g.n),
+                         static_cast<long long>(g.k), static_cast<long long>(g.batch), g.dtype.c_str(),
+                         g.epilogue.c_str(), static_cast<long long>(g.count));
+            first = false;
+          }
+          std::fprintf(f, "]\n");
+          std::fclose(f);
+          gemm_shapes_path.clear();  // the GEMMs are the same for every mode
+        }
+        std::fflush(stdout);
+      }
+    }
+    if (teacache_steps > 0) {
+      AttentionPlan plan;
+      plan.tile = {tile[0], tile[1], tile[2]};
+      plan.windows.assign(c.total_layers(), std::vector<StaWindow>(c.num_attention_heads, StaWindow{3, 3, 3}));
+      TeaCache cache(TeaCacheOptions{teacache}, teacache_steps);
+      const auto sig = sampler::flow_sigmas(teacache_steps, 7.f);
+      const double a = now_ms();
+      sampler::sample_euler(in.latent, sig, [&](const Tensor& x, const sampler::StepInfo& st) {
+        DitInputs step_in = in;
+        step_in.latent = x;
+        step_in.timestep = {sampler::timestep_of(st.sigma)};
+        HunyuanDit::State s = model.embed(step_in, plan);
+        cache.run_blocks(model, s);
+        return model.final_layer(s, s.img);
+      });
+      rt::synchronize_device(dev);
+      const double total = now_ms() - a;
+      std::printf("{\"bench\":\"dit_teacache\",\"mode\":\"sta_3_3_3\",\"threshold\":%.3f,\"steps\":%d,\"skipped\":%d,"
+                  "\"total_ms\":%.1f,\"mean_step_ms\":%.1f}\n",
+                  teacache, teacache_steps, cache.skipped(), total, total / teacache_steps);
     }
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_dit: %s\n", e.what());

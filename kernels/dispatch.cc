@@ -3,6 +3,7 @@
 #include <type_traits>
 
 #include "kernels/core/error.h"
+#include "kernels/core/observer.h"
 #include "kernels/dit_ops.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
@@ -26,6 +27,7 @@ void check_stream(const Device& d, const Stream& s, const char* op) {
 template <typename P, typename CpuFn, typename CudaFn>
 void dispatch(const char* op, const P& p, const Stream& s, CpuFn cpu, CudaFn cuda) {
   check_stream(p.device, s, op);
+  const ObservedDispatch observed(op, &p, s);
   if (p.device.is_cpu()) {
     cpu(p);
     return;
@@ -43,7 +45,11 @@ void dispatch(const char* op, const P& p, const Stream& s, CpuFn cpu, CudaFn cud
 #else
 #define CUDA_FN(f) nullptr
 #endif
+KernelObserver* g_observer = nullptr;
 }  // namespace
+
+void set_kernel_observer(KernelObserver* observer) { g_observer = observer; }
+KernelObserver* kernel_observer() { return g_observer; }
 
 void gemm(const GemmParams& p, const Stream& s) {
   STAVID_CHECK(p.m >= 0 && p.n >= 0 && p.k >= 0 && p.batch >= 1, "gemm: bad sizes m=", p.m, " n=", p.n,

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/core/error.h"
+#include "kernels/core/observer.h"
 
 namespace stavid {
 
@@ -107,6 +108,7 @@ void sta_attention(const StaAttentionParams& p, const Stream& s) {
   STAVID_CHECK(s.device == p.device, "STA: params on ", p.device.str(), ", stream on ", s.device.str());
   if (p.geom.seq_len() == 0) return;
   const StaKernel k = select_sta_kernel(p);
+  const ObservedDispatch observed("sta_attention", &p, s);
   switch (k) {
     case StaKernel::Cpu:
       detail::sta_attention_cpu(p);
@@ -123,6 +125,7 @@ void sta_attention(const StaAttentionParams& p, const Stream& s) {
 }
 
 void sta_permute(const StaPermuteParams& p, const Stream& s) {
+  const ObservedDispatch observed("sta_permute", &p, s);
   STAVID_CHECK(s.device == p.device, "sta_permute: params on ", p.device.str(), ", stream on ", s.device.str());
   STAVID_CHECK(p.src && p.dst, "sta_permute: null pointer");
   STAVID_CHECK(p.batch >= 1 && p.row_elems >= 1, "sta_permute: bad batch or row size");
