@@ -20,6 +20,7 @@ build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
 test: build
+	@tools/tokenizer/fetch_llama3.sh $(BUILD)/tokenizer/llama3
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: build

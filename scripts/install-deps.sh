@@ -10,6 +10,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # model layer: weights headers, CPU GEMM
   nlohmann-json3-dev libopenblas-dev
+  # model layer: text tokenizers (Unicode regexes)
+  libpcre2-dev
   # server: gRPC, protobuf, Abseil, metrics
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler prometheus-cpp-dev
   # media: MP4 / H.264

@@ -10,3 +10,8 @@ echo "staged .deps ($(du -sh .deps | cut -f1))"
 # .peer/ (ignored by git, carried by the device tool).
 install -D -m 0644 "${STAVID_SHARED_DIR:-../shared}/bench/peer_attention.py" .peer/peer_attention.py
 echo "staged .peer ($(ls .peer | tr '\n' ' '))"
+# PCRE2 for the tokenizers (header + static library; the GPU machine has no Debian packages).
+mkdir -p .deps/lib
+cp /usr/include/pcre2.h .deps/include/
+cp /usr/lib/x86_64-linux-gnu/libpcre2-8.a .deps/lib/
+echo "staged PCRE2 into .deps"
