@@ -260,7 +260,9 @@ TEST(DitGolden, SmallTeaCacheDecisionsAndLatents) {
     if (run.contains("acc")) {
       for (int i = 0; i < steps; ++i) {
         EXPECT_NEAR(cache.acc_history()[i], run["acc"][i].get<double>(), 1e-4) << tag << " step " << i;
-        if (!run["rel"][i].is_null()) EXPECT_NEAR(cache.rel_history()[i], run["rel"][i].get<double>(), 1e-5) << i;
+        if (!run["rel"][i].is_null()) {
+          EXPECT_NEAR(cache.rel_history()[i], run["rel"][i].get<double>(), 1e-5) << i;
+        }
       }
     }
   }

@@ -3,6 +3,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "model/weights/json_file.h"
 #include "kernels/core/error.h"
 
 namespace stavid::dit {
@@ -61,14 +62,7 @@ DitConfig DitConfig::from_json(const nlohmann::json& j) {
 }
 
 DitConfig DitConfig::from_file(const std::string& path) {
-  std::ifstream f(path);
-  STAVID_CHECK_CODE(f.good(), ErrorCode::NotFound, "config: cannot open ", path);
-  nlohmann::json j;
-  try {
-    f >> j;
-  } catch (const nlohmann::json::exception& e) {
-    STAVID_THROW(ErrorCode::DataLoss, "config: ", path, " is not valid JSON: ", e.what());
-  }
+  const nlohmann::json j = read_json_file(path, "config");
   try {
     return from_json(j);
   } catch (const Error& e) {

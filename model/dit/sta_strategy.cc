@@ -3,6 +3,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "model/weights/json_file.h"
 #include "kernels/core/error.h"
 
 namespace stavid::dit {
@@ -69,14 +70,7 @@ StaStrategy StaStrategy::from_json(const nlohmann::json& j, const DitConfig& con
 
 StaStrategy StaStrategy::from_file(const std::string& path, const DitConfig& config, std::array<int32_t, 3> tile,
                                    std::array<int32_t, 3> token_grid) {
-  std::ifstream f(path);
-  STAVID_CHECK_CODE(f.good(), ErrorCode::NotFound, "mask strategy: cannot open ", path);
-  nlohmann::json j;
-  try {
-    f >> j;
-  } catch (const nlohmann::json::exception& e) {
-    STAVID_THROW(ErrorCode::InvalidArgument, "mask strategy: ", path, " is not valid JSON: ", e.what());
-  }
+  const nlohmann::json j = read_json_file(path, "mask strategy", ErrorCode::InvalidArgument);
   try {
     return from_json(j, config, tile, token_grid);
   } catch (const Error& e) {

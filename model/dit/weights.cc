@@ -71,27 +71,16 @@ class CheckpointSource final : public Source {
 
 class RandomSource final : public Source {
  public:
-  RandomSource(uint64_t seed, Device device, DType dtype) : seed_(seed), device_(device), dtype_(dtype) {}
+  RandomSource(uint64_t seed, Device device, DType dtype) : stream_(seed), device_(device), dtype_(dtype) {}
   Tensor get(const std::string&, const Shape& shape, Kind kind) override {
     if (kind == Kind::NormWeight) return Tensor::full(shape, 1.f, dtype_, device_);
     if (kind == Kind::NormBias) return Tensor::zeros(shape, dtype_, device_);
-    Tensor t = Tensor::empty(shape, dtype_, device_);
-    NormalParams p;
-    p.y = t.data();
-    p.n = t.numel();
-    p.seed = seed_;
-    p.offset = offset_;
-    offset_ += static_cast<uint64_t>(p.n + 3) / 4 * 4;
-    p.stddev = kind == Kind::Bias ? 0.02f : 1.f / std::sqrt(static_cast<float>(shape.back()));
-    p.dtype = dtype_;
-    p.device = device_;
-    normal(p, rt::current_stream(device_));
-    return t;
+    const float stddev = kind == Kind::Bias ? 0.02f : 1.f / std::sqrt(static_cast<float>(shape.back()));
+    return stream_.next(shape, stddev, dtype_, device_);
   }
 
  private:
-  uint64_t seed_;
-  uint64_t offset_ = 0;
+  NormalStream stream_;
   Device device_;
   DType dtype_;
 };

@@ -77,13 +77,14 @@ Tensor Tensor::from_host(const std::vector<float>& values, const Shape& shape, D
   return from_host(values.data(), shape, dtype, device);
 }
 
-Tensor Tensor::randn(const Shape& shape, uint64_t seed, DType dtype, Device device, uint64_t offset) {
+Tensor Tensor::randn(const Shape& shape, uint64_t seed, DType dtype, Device device, uint64_t offset, float stddev) {
   Tensor t = empty(shape, dtype, device);
   NormalParams p;
   p.y = t.data();
   p.n = t.numel();
   p.seed = seed;
   p.offset = offset;
+  p.stddev = stddev;
   p.dtype = dtype;
   p.device = device;
   normal(p, rt::current_stream(device));

@@ -52,7 +52,8 @@ class Tensor {
   static Tensor from_host(const std::vector<float>& values, const Shape& shape, DType dtype, Device device);
   // Standard normal samples from the counter-based RNG (kernels/rng.h): the same values on every
   // device for the same (seed, offset).
-  static Tensor randn(const Shape& shape, uint64_t seed, DType dtype, Device device, uint64_t offset = 0);
+  static Tensor randn(const Shape& shape, uint64_t seed, DType dtype, Device device, uint64_t offset = 0,
+                      float stddev = 1.f);
 
   // ---- properties ----
   bool defined() const { return storage_ != nullptr; }
@@ -101,6 +102,22 @@ class Tensor {
   Shape shape_;
   Shape strides_;
   DType dtype_ = DType::F32;
+};
+
+// Consecutive, non-overlapping normal draws from one seed (random weights of a whole model): each
+// call continues the stream where the previous one ended.
+class NormalStream {
+ public:
+  explicit NormalStream(uint64_t seed) : seed_(seed) {}
+  Tensor next(const Shape& shape, float stddev, DType dtype, Device device) {
+    Tensor t = Tensor::randn(shape, seed_, dtype, device, offset_, stddev);
+    offset_ += static_cast<uint64_t>(t.numel() + 3) / 4 * 4;
+    return t;
+  }
+
+ private:
+  uint64_t seed_;
+  uint64_t offset_ = 0;
 };
 
 }  // namespace stavid

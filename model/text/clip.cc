@@ -4,6 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "model/weights/json_file.h"
 #include "kernels/core/error.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
@@ -109,15 +110,7 @@ ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& root, const std::
 }
 
 ClipTextConfig ClipTextConfig::from_file(const std::string& path) {
-  std::ifstream f(path);
-  STAVID_CHECK_CODE(f.good(), ErrorCode::NotFound, "CLIP config: cannot open ", path);
-  nlohmann::json j;
-  try {
-    f >> j;
-  } catch (const nlohmann::json::exception& e) {
-    STAVID_THROW(ErrorCode::DataLoss, "CLIP config: ", path, " is not valid JSON: ", e.what());
-  }
-  return from_json(j, "CLIP config " + path);
+  return from_json(read_json_file(path, "CLIP config"), "CLIP config " + path);
 }
 
 int64_t ClipTextConfig::parameter_count() const {

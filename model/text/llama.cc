@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "model/weights/json_file.h"
 #include "kernels/core/error.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
@@ -129,15 +130,7 @@ LlamaConfig LlamaConfig::from_json(const nlohmann::json& j, const std::string& w
 }
 
 LlamaConfig LlamaConfig::from_file(const std::string& path) {
-  std::ifstream f(path);
-  STAVID_CHECK_CODE(f.good(), ErrorCode::NotFound, "Llama config: cannot open ", path);
-  nlohmann::json j;
-  try {
-    f >> j;
-  } catch (const nlohmann::json::exception& e) {
-    STAVID_THROW(ErrorCode::DataLoss, "Llama config: ", path, " is not valid JSON: ", e.what());
-  }
-  return from_json(j, "Llama config " + path);
+  return from_json(read_json_file(path, "Llama config"), "Llama config " + path);
 }
 
 int64_t LlamaConfig::parameter_count() const {
@@ -152,25 +145,15 @@ int64_t LlamaConfig::parameter_count() const {
 // ---------------------------------------------------------------------------------------------------
 
 WeightReader::WeightReader(const Checkpoint* ckpt, Device device, DType dtype, uint64_t seed, std::string model)
-    : ckpt_(ckpt), device_(device), dtype_(dtype), seed_(seed), model_(std::move(model)) {}
+    : ckpt_(ckpt), device_(device), dtype_(dtype), stream_(seed), model_(std::move(model)) {}
 
 Tensor WeightReader::random(const Shape& shape, ParamKind kind, Device device) {
   if (kind == ParamKind::NormWeight) return Tensor::full(shape, 1.f, dtype_, device);
   if (kind == ParamKind::NormBias) return Tensor::zeros(shape, dtype_, device);
-  Tensor t = Tensor::empty(shape, dtype_, device);
-  NormalParams p;
-  p.y = t.data();
-  p.n = t.numel();
-  p.seed = seed_;
-  p.offset = offset_;
-  offset_ += static_cast<uint64_t>(p.n + 3) / 4 * 4;
-  p.stddev = kind == ParamKind::Bias        ? 0.02f
-             : kind == ParamKind::Embedding ? 1.f
-                                            : 1.f / std::sqrt(static_cast<float>(shape.back()));
-  p.dtype = dtype_;
-  p.device = device;
-  normal(p, rt::current_stream(device));
-  return t;
+  const float stddev = kind == ParamKind::Bias        ? 0.02f
+                       : kind == ParamKind::Embedding ? 1.f
+                                                      : 1.f / std::sqrt(static_cast<float>(shape.back()));
+  return stream_.next(shape, stddev, dtype_, device);
 }
 
 Tensor WeightReader::get(const std::string& name, const Shape& shape, ParamKind kind, Device device, float scale) {

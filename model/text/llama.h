@@ -188,8 +188,7 @@ class WeightReader {
   const Checkpoint* ckpt_;
   Device device_;
   DType dtype_;
-  uint64_t seed_;
-  uint64_t offset_ = 0;
+  NormalStream stream_;
   std::string model_;
   std::set<std::string> used_;
   std::vector<std::string> problems_;

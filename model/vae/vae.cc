@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "model/weights/json_file.h"
 #include "kernels/core/error.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
@@ -44,14 +45,7 @@ void VaeConfig::validate() const {
 }
 
 VaeConfig VaeConfig::from_file(const std::string& path) {
-  std::ifstream f(path);
-  STAVID_CHECK_CODE(f.good(), ErrorCode::NotFound, "VAE config: cannot open ", path);
-  nlohmann::json j;
-  try {
-    f >> j;
-  } catch (const nlohmann::json::exception& e) {
-    STAVID_THROW(ErrorCode::DataLoss, "VAE config: ", path, " is not valid JSON: ", e.what());
-  }
+  const nlohmann::json j = read_json_file(path, "VAE config");
   VaeConfig c;
   try {
     auto get = [&](const char* k, auto& v) {
@@ -101,7 +95,7 @@ namespace {
 class Loader {
  public:
   // A null checkpoint makes seeded random weights (benchmarks of any config).
-  Loader(const Checkpoint* ckpt, Device dev, DType dt, uint64_t seed) : ckpt_(ckpt), dev_(dev), dt_(dt), seed_(seed) {}
+  Loader(const Checkpoint* ckpt, Device dev, DType dt, uint64_t seed) : ckpt_(ckpt), dev_(dev), dt_(dt), stream_(seed) {}
   Tensor get(const std::string& name, const Shape& shape) {
     if (!ckpt_) return random(name, shape);
     used_.insert(name);
@@ -121,18 +115,7 @@ class Loader {
     const bool is_norm = name.find("norm") != std::string::npos;
     const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
     if (is_norm) return Tensor::full(shape, is_bias ? 0.f : 1.f, dt_, dev_);
-    Tensor t = Tensor::empty(shape, dt_, dev_);
-    NormalParams p;
-    p.y = t.data();
-    p.n = t.numel();
-    p.seed = seed_;
-    p.offset = offset_;
-    offset_ += static_cast<uint64_t>(p.n + 3) / 4 * 4;
-    p.stddev = is_bias ? 0.01f : 1.f / std::sqrt(static_cast<float>(shape.back()));
-    p.dtype = dt_;
-    p.device = dev_;
-    normal(p, rt::current_stream(dev_));
-    return t;
+    return stream_.next(shape, is_bias ? 0.01f : 1.f / std::sqrt(static_cast<float>(shape.back())), dt_, dev_);
   }
   Conv conv(const std::string& p, int64_t cin, int64_t cout, int32_t k) {
     return {get(p + ".weight", {cout, cin * k * k * k}), get(p + ".bias", {cout}), k};
@@ -163,8 +146,7 @@ class Loader {
   const Checkpoint* ckpt_;
   Device dev_;
   DType dt_;
-  uint64_t seed_;
-  uint64_t offset_ = 0;
+  NormalStream stream_;
   std::set<std::string> used_;
   std::vector<std::string> problems_;
 };
