@@ -1,42 +1,48 @@
 // CPU reference for the element-wise families.
 #include <cmath>
 
+#include "kernels/cpu_elem.h"
 #include "kernels/elementwise.h"
 
 namespace stavid::detail {
 
-void unary_cpu(const UnaryParams& p) {
+namespace {
+template <typename E>
+void unary_t(const UnaryParams& p) {
   for (int64_t i = 0; i < p.n; ++i) {
-    const float x = load_as_float(p.x, p.dtype, static_cast<size_t>(i));
-    const float y = p.op == UnaryOp::GeluTanh ? gelu_tanh_f(x) : silu_f(x);
-    store_from_float(p.y, p.dtype, static_cast<size_t>(i), y);
+    const float x = E::load(p.x, static_cast<size_t>(i));
+    E::store(p.y, static_cast<size_t>(i), p.op == UnaryOp::GeluTanh ? gelu_tanh_f(x) : silu_f(x));
   }
 }
 
-void binary_cpu(const BinaryParams& p) {
+template <typename E>
+void binary_t(const BinaryParams& p) {
   for (int64_t r = 0; r < p.rows; ++r) {
     const int64_t bro = (r / p.b_rows_per_group) * p.b_stride;
     for (int64_t c = 0; c < p.cols; ++c) {
-      const float a = load_as_float(p.a, p.dtype, static_cast<size_t>(r * p.a_stride + c));
-      const float b = load_as_float(p.b, p.dtype, static_cast<size_t>(bro + c * p.b_col_stride));
-      store_from_float(p.y, p.dtype, static_cast<size_t>(r * p.y_stride + c),
-                       p.op == BinaryOp::Add ? a + b : a * b);
+      const float a = E::load(p.a, static_cast<size_t>(r * p.a_stride + c));
+      const float b = E::load(p.b, static_cast<size_t>(bro + c * p.b_col_stride));
+      E::store(p.y, static_cast<size_t>(r * p.y_stride + c), p.op == BinaryOp::Add ? a + b : a * b);
     }
   }
 }
 
-void gated_residual_cpu(const GatedResidualParams& p) {
+template <typename E>
+void gated_residual_t(const GatedResidualParams& p) {
   for (int64_t r = 0; r < p.rows; ++r) {
     const int64_t go = (r / p.rows_per_group) * p.gate_stride;
     for (int64_t c = 0; c < p.cols; ++c) {
       const size_t xi = static_cast<size_t>(r * p.x_stride + c);
-      const float g = p.scale * (p.gate ? load_as_float(p.gate, p.dtype, static_cast<size_t>(go + c)) : 1.f);
-      const float v = load_as_float(p.x, p.dtype, xi) +
-                      g * load_as_float(p.y, p.dtype, static_cast<size_t>(r * p.y_stride + c));
-      store_from_float(p.x, p.dtype, xi, v);
+      const float g = p.scale * (p.gate ? E::load(p.gate, static_cast<size_t>(go + c)) : 1.f);
+      E::store(p.x, xi, E::load(p.x, xi) + g * E::load(p.y, static_cast<size_t>(r * p.y_stride + c)));
     }
   }
 }
+}  // namespace
+
+void unary_cpu(const UnaryParams& p) { STAVID_CPU_DISPATCH(p.dtype, unary_t<E>(p)); }
+void binary_cpu(const BinaryParams& p) { STAVID_CPU_DISPATCH(p.dtype, binary_t<E>(p)); }
+void gated_residual_cpu(const GatedResidualParams& p) { STAVID_CPU_DISPATCH(p.dtype, gated_residual_t<E>(p)); }
 
 void strided_copy_cpu(const CopyParams& p) {
   int64_t total = 1;
