@@ -9,21 +9,7 @@ import sys
 
 import torch
 
-
-def median_ms(fn, reps=10):
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    ts.sort()
-    return ts[len(ts) // 2]
+from cuda_timing import median_ms
 
 
 def main():
@@ -34,7 +20,7 @@ def main():
         m, n, k, batch = s["m"], s["n"], s["k"], s["batch"]
         a = torch.randn(batch, m, k, device="cuda", dtype=dt)
         w = torch.randn(batch, n, k, device="cuda", dtype=dt)
-        ms = median_ms(lambda: torch.matmul(a, w.transpose(1, 2)))
+        ms = median_ms(lambda: torch.matmul(a, w.transpose(1, 2)), reps=10, warmup=2)
         total += ms * s["count"]
         rows.append({**s, "torch_ms": ms})
         del a, w
