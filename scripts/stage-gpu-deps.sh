@@ -12,6 +12,9 @@ install -D -m 0644 "${STAVID_SHARED_DIR:-../shared}/bench/peer_attention.py" .pe
 echo "staged .peer ($(ls .peer | tr '\n' ' '))"
 # PCRE2 for the tokenizers (header + static library; the GPU machine has no Debian packages).
 mkdir -p .deps/lib
-cp /usr/include/pcre2.h .deps/include/
-cp /usr/lib/x86_64-linux-gnu/libpcre2-8.a .deps/lib/
+# Its own folder: an include path shared with nlohmann's could shadow the GPU machine's own nlohmann.
+rm -f .deps/include/pcre2.h .deps/lib/libpcre2-8.a
+mkdir -p .deps/pcre2/include .deps/pcre2/lib
+cp /usr/include/pcre2.h .deps/pcre2/include/
+cp /usr/lib/x86_64-linux-gnu/libpcre2-8.a .deps/pcre2/lib/
 echo "staged PCRE2 into .deps"

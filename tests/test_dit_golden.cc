@@ -301,6 +301,16 @@ TEST(DitGolden, StrategyRejectsWindowsWiderThanTheGrid) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("\"3_9_0\""), std::string::npos) << e.what();
   }
+  auto bad_head = ok;
+  const std::string head_key = "3_0_" + std::to_string(c.num_attention_heads);
+  bad_head[head_key] = {1, 1, 1};
+  try {
+    StaStrategy::from_json(bad_head, c, {1, 8, 8}, {4, 16, 16});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("\"" + head_key + "\""), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("heads"), std::string::npos) << e.what();
+  }
 }
 
 TEST(DitGolden, SmallBf16CudaForward) {
