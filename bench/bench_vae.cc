@@ -1,7 +1,9 @@
 // VAE decode benchmark: the released decoder config with seeded random weights, decoding a latent
 // (default 33 x 90 x 160 -> 129 frames of 720 x 1280) under memory budgets. One JSON line per budget:
 //   {"bench":"vae_decode","latent":[33,90,160],"budget_gib":24,"plan":{...},"ms":..,"peak_gib":..}
-// Usage: bench_vae [--latent T H W] [--budgets-gib 24,12] [--small]
+// Usage: bench_vae [--latent T H W] [--budgets-gib 24,12] [--small] [--plan-only]
+// --plan-only prints the plans and estimates of the released config for a CUDA bf16 decode without
+// decoding (runs anywhere: the planner needs only the shapes).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -19,18 +21,34 @@ using namespace stavid;
 int main(int argc, char** argv) {
   int32_t latent[3] = {33, 90, 160};
   std::string budgets = "24,12";
-  bool small = false;
+  bool small = false, plan_only = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--latent" && i + 3 < argc) for (int d = 0; d < 3; ++d) latent[d] = std::atoi(argv[++i]);
     else if (a == "--budgets-gib" && i + 1 < argc) budgets = argv[++i];
     else if (a == "--small") small = true;
+    else if (a == "--plan-only") plan_only = true;
     else {
-      std::fprintf(stderr, "usage: bench_vae [--latent T H W] [--budgets-gib 24,12] [--small]\n");
+      std::fprintf(stderr, "usage: bench_vae [--latent T H W] [--budgets-gib 24,12] [--small] [--plan-only]\n");
       return 2;
     }
   }
   try {
+    if (plan_only) {
+      vae::VaeConfig c;
+      const vae::VaeDecoder d = vae::VaeDecoder::random(c, 1, Device::cpu(), DType::BF16);
+      const Shape zs = {1, c.latent_channels, latent[0], latent[1], latent[2]};
+      std::stringstream ss(budgets);
+      for (std::string b; std::getline(ss, b, ',');) {
+        const double gib = std::atof(b.c_str());
+        const auto plan = d.plan_for_budget(zs, static_cast<size_t>(gib * 1073741824.0));
+        std::printf("{\"bench\":\"vae_plan\",\"budget_gib\":%.2f,\"plan\":{\"chunk\":%d,\"tile_h\":%d,\"tile_w\":%d,"
+                    "\"overlap\":%d},\"estimate_gib\":%.2f}\n",
+                    gib, plan.chunk_latent_frames, plan.tile_h, plan.tile_w, plan.overlap,
+                    d.estimate_peak_bytes(zs, plan) / 1073741824.0);
+      }
+      return 0;
+    }
     const bool gpu = rt::cuda_available();
     const Device dev = gpu ? Device::cuda(0) : Device::cpu();
     const DType dt = gpu ? DType::BF16 : DType::F32;

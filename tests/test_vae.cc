@@ -128,6 +128,40 @@ TEST(VaeGolden, SpatialTilesBlendAndTheBudgetBoundsPeakMemory) {
   EXPECT_THROW(vae.plan_for_budget(z.shape(), 1024), Error);
 }
 
+// The estimate walks the decoder's allocations: it must not undershoot the measured peak (the
+// planner would overrun its budget) nor overshoot it by much (the planner would pick needlessly
+// small chunks and tiles).
+TEST(VaeGolden, PeakEstimateTracksTheMeasuredPeak) {
+  const Golden g("small");
+  VaeDecoder vae = g.decoder(Device::cpu(), DType::F32);
+  const Tensor z = g.get("z");  // [1, 16, 3, 8, 8]
+  rt::Allocator& cpu = rt::allocator_for(Device::cpu());
+  std::vector<VaeDecoder::DecodePlan> plans(4);
+  plans[1].chunk_latent_frames = 1;
+  plans[2].chunk_latent_frames = 2;
+  plans[3].chunk_latent_frames = 1;
+  plans[3].tile_h = plans[3].tile_w = 6;
+  plans[3].overlap = 2;
+  for (const auto& plan : plans) {
+    const size_t base = cpu.stats().allocated_bytes;
+    cpu.reset_peak();
+    int chunks = 0;
+    const Tensor out = vae.decode_tiled(z, plan, [&] { ++chunks; });
+    const double measured = static_cast<double>(cpu.stats().peak_allocated_bytes - base);
+    const double estimate = static_cast<double>(vae.estimate_peak_bytes(z.shape(), plan));
+    SCOPED_TRACE("chunk " + std::to_string(plan.chunk_latent_frames) + " tile " + std::to_string(plan.tile_h));
+    EXPECT_GE(estimate, measured);
+    EXPECT_LE(estimate, 1.3 * measured);
+    const int per_tile = plan.chunk_latent_frames > 0 ? (3 + plan.chunk_latent_frames - 1) / plan.chunk_latent_frames : 1;
+    EXPECT_EQ(chunks, per_tile * (plan.tile_h > 0 ? 4 : 1));
+  }
+  // The hook can stop a decode between chunks.
+  struct Stop {};
+  int calls = 0;
+  EXPECT_THROW(vae.decode_chunked(z, 1, [&] { if (++calls == 2) throw Stop{}; }), Stop);
+  EXPECT_EQ(calls, 2);
+}
+
 TEST(VaeGolden, CudaMatchesTheReference) {
   STAVID_REQUIRE_CUDA();
   for (DType dt : {DType::F32, DType::BF16}) {

@@ -132,6 +132,7 @@ void* CudaCachingAllocator::allocate(size_t bytes, const Stream& stream) {
   int prev = 0;
   STAVID_CUDA_CHECK(cudaGetDevice(&prev));
   STAVID_CUDA_CHECK(cudaSetDevice(device_));
+  if (reserve_limit_ > 0 && stats_.reserved_bytes + size > reserve_limit_) release_cached_locked();
   void* p = nullptr;
   cudaError_t err = cudaMalloc(&p, size);
   if (err == cudaErrorMemoryAllocation) {
@@ -196,6 +197,13 @@ void CudaCachingAllocator::empty_cache() {
 AllocatorStats CudaCachingAllocator::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;
+}
+
+size_t CudaCachingAllocator::set_reserve_limit(size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const size_t prev = reserve_limit_;
+  reserve_limit_ = bytes;
+  return prev;
 }
 
 void CudaCachingAllocator::reset_peak() {

@@ -9,6 +9,9 @@
 //   streams must be kept alive by the caller until that work is done.
 // - When cudaMalloc fails, every cached free block of the device is released and the call retried
 //   once; a second failure throws ErrorCode::OutOfMemory with the allocator's statistics.
+// - An optional reserve limit (set_reserve_limit) bounds what the cache holds: a cache miss that
+//   would take reserved memory past the limit first releases the cached free blocks. The limit is
+//   soft: live memory above it is still allocated (the caller's plan was wrong, not the cache).
 #pragma once
 
 #include <cstddef>
@@ -41,6 +44,22 @@ class Allocator {
   virtual void empty_cache() = 0;
   virtual AllocatorStats stats() const = 0;
   virtual void reset_peak() = 0;
+  // Bytes of reserved memory past which cached blocks are released before asking the system for
+  // more (0: no limit). Returns the previous limit.
+  virtual size_t set_reserve_limit(size_t bytes) { return 0; }
+};
+
+// Sets an allocator's reserve limit for a scope and restores the previous one.
+class ScopedReserveLimit {
+ public:
+  ScopedReserveLimit(Allocator& a, size_t bytes) : a_(a), prev_(a.set_reserve_limit(bytes)) {}
+  ~ScopedReserveLimit() { a_.set_reserve_limit(prev_); }
+  ScopedReserveLimit(const ScopedReserveLimit&) = delete;
+  ScopedReserveLimit& operator=(const ScopedReserveLimit&) = delete;
+
+ private:
+  Allocator& a_;
+  size_t prev_;
 };
 
 // The process-wide allocator for a device (one per CUDA ordinal, one for the CPU).
@@ -79,6 +98,7 @@ class CudaCachingAllocator final : public Allocator {
   void empty_cache() override;
   AllocatorStats stats() const override;
   void reset_peak() override;
+  size_t set_reserve_limit(size_t bytes) override;
 
  private:
   struct Block {
@@ -93,6 +113,7 @@ class CudaCachingAllocator final : public Allocator {
   // Free blocks per stream, by size class.
   std::unordered_map<CudaStream, std::multimap<size_t, void*>> free_;
   AllocatorStats stats_;
+  size_t reserve_limit_ = 0;
 };
 
 }  // namespace stavid::rt

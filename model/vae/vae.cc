@@ -14,6 +14,7 @@
 #include "kernels/rng.h"
 #include "kernels/softmax.h"
 #include "kernels/vae_ops.h"
+#include "model/runtime/allocator.h"
 #include "model/runtime/cuda_runtime.h"
 #include "model/runtime/ops.h"
 #include "model/weights/safetensors.h"
@@ -465,7 +466,7 @@ Tensor VaeDecoder::decode(const Tensor& z) {
   return forward(z, run);
 }
 
-Tensor VaeDecoder::decode_chunked(const Tensor& z, int32_t chunk_latent_frames) {
+Tensor VaeDecoder::decode_chunked(const Tensor& z, int32_t chunk_latent_frames, const ChunkHook& before_chunk) {
   STAVID_CHECK(z.dim() == 5 && z.size(1) == config_.latent_channels, "VAE: latents must be [B, ",
                config_.latent_channels, ", T, h, w], got ", z.str());
   STAVID_CHECK(chunk_latent_frames >= 1, "VAE: chunk_latent_frames must be >= 1");
@@ -478,6 +479,7 @@ Tensor VaeDecoder::decode_chunked(const Tensor& z, int32_t chunk_latent_frames) 
   int64_t f0 = 0;
   for (int64_t t0 = 0; t0 < t; t0 += chunk_latent_frames) {
     const int64_t t1 = std::min(t, t0 + chunk_latent_frames);
+    if (before_chunk) before_chunk();
     const Tensor y = forward(z.slice(2, t0, t1).contiguous(), run);
     out.slice(2, f0, f0 + y.size(2)).copy_from(y);
     f0 += y.size(2);
@@ -488,12 +490,12 @@ Tensor VaeDecoder::decode_chunked(const Tensor& z, int32_t chunk_latent_frames) 
   return out;
 }
 
-Tensor VaeDecoder::decode_tiled(const Tensor& z, const DecodePlan& plan) {
+Tensor VaeDecoder::decode_tiled(const Tensor& z, const DecodePlan& plan, const ChunkHook& before_chunk) {
   const int64_t t = z.size(2), h = z.size(3), w = z.size(4), s = config_.spatial_compression_ratio;
   const int32_t chunk = plan.chunk_latent_frames > 0 ? plan.chunk_latent_frames : static_cast<int32_t>(t);
   const int64_t th = plan.tile_h > 0 ? std::min<int64_t>(plan.tile_h, h) : h;
   const int64_t tw = plan.tile_w > 0 ? std::min<int64_t>(plan.tile_w, w) : w;
-  if (th == h && tw == w) return decode_chunked(z, chunk);
+  if (th == h && tw == w) return decode_chunked(z, chunk, before_chunk);
   const int64_t ov_h = th < h ? std::min<int64_t>(plan.overlap, th - 1) : 0;
   const int64_t ov_w = tw < w ? std::min<int64_t>(plan.overlap, tw - 1) : 0;
   STAVID_CHECK(ov_h >= 0 && ov_w >= 0, "VAE: bad tile overlap");
@@ -525,7 +527,7 @@ Tensor VaeDecoder::decode_tiled(const Tensor& z, const DecodePlan& plan) {
   for (size_t iy = 0; iy < oy.size(); ++iy)
     for (size_t ix = 0; ix < ox.size(); ++ix) {
       const Tensor zt = z.slice(3, oy[iy], oy[iy] + th).slice(4, ox[ix], ox[ix] + tw).contiguous();
-      const std::vector<float> tile = decode_chunked(zt, chunk).to_host_f32();  // [B, C, F, ph, pw]
+      const std::vector<float> tile = decode_chunked(zt, chunk, before_chunk).to_host_f32();  // [B, C, F, ph, pw]
       const int64_t y0 = oy[iy] * s, x0 = ox[ix] * s;
       for (int64_t yy = 0; yy < ph; ++yy) {
         const float ry = ramp(yy, ph, oh_px, iy == 0, iy + 1 == oy.size());
@@ -542,33 +544,160 @@ Tensor VaeDecoder::decode_tiled(const Tensor& z, const DecodePlan& plan) {
   return Tensor::from_host(acc, {z.size(0), config_.out_channels, frames, h * s, w * s}, DType::F32, device_);
 }
 
+namespace {
+// Device bytes of a decode, allocation by allocation in the order the decoder makes them, each
+// rounded to the allocator's size class; keeps the high-water mark.
+struct MemSim {
+  size_t live = 0, peak = 0;
+  size_t alloc(int64_t bytes) {
+    const size_t s = bytes > 0 ? rt::allocation_size_class(static_cast<size_t>(bytes)) : 0;
+    live += s;
+    peak = std::max(peak, live);
+    return s;
+  }
+  void free(size_t s) { live -= s; }
+};
+}  // namespace
+
 size_t VaeDecoder::estimate_peak_bytes(const Shape& zs, const DecodePlan& plan) const {
-  const int64_t t = zs[2], h = zs[3], w = zs[4], s = config_.spatial_compression_ratio;
+  const int64_t b = zs[0], t = zs[2], h = zs[3], w = zs[4], s = config_.spatial_compression_ratio;
   const int64_t chunk = plan.chunk_latent_frames > 0 ? std::min<int64_t>(plan.chunk_latent_frames, t) : t;
   const int64_t th = plan.tile_h > 0 ? std::min<int64_t>(plan.tile_h, h) : h;
   const int64_t tw = plan.tile_w > 0 ? std::min<int64_t>(plan.tile_w, w) : w;
-  const size_t esz = dtype_size(dtype_);
-  // The largest activation of one chunk/tile: walk the up blocks' (channels, frames, size).
+  const bool tiled = th < h || tw < w;
+  const int64_t esz = static_cast<int64_t>(dtype_size(dtype_));
+  const int64_t frames = config_.video_frames(t);
   const std::vector<int32_t> rc(config_.block_out_channels.rbegin(), config_.block_out_channels.rend());
-  int64_t f = chunk, hh = th, ww = tw, largest = static_cast<int64_t>(rc[0]) * f * hh * ww;
-  for (size_t i = 0; i < up_.size(); ++i) {
-    largest = std::max(largest, static_cast<int64_t>(rc[i]) * f * hh * ww);
-    if (up_[i].upsample_conv.w.defined()) {
-      f = f * up_[i].ft;  // at most (a later chunk)
-      hh *= up_[i].fh;
-      ww *= up_[i].fw;
-      largest = std::max(largest, static_cast<int64_t>(rc[i]) * f * hh * ww);
+  // One chunk of f latent frames after `seen` earlier ones; the first chunk's frame 0 is upsampled in
+  // space only, and it has no older conv caches to hold beside the new ones.
+  auto simulate = [&](int64_t f_lat, bool first, int64_t seen) {
+  MemSim m;
+  if (tiled) m.alloc(b * config_.latent_channels * t * th * tw * 4);  // the tile's latent
+  // Live for the whole decode of one tile: its fp32 output video; every 3x3x3 conv's 2-frame cache
+  // (counted once here; a conv holds its old and new cache at once, added in conv() below); the
+  // mid attention's K/V of all frames so far (at most the whole clip).
+  m.alloc(b * config_.out_channels * frames * th * s * tw * s * 4);
+  size_t caches = 0;
+  auto cache = [&](int64_t cin, int64_t hh, int64_t ww) { caches += m.alloc(b * cin * 2 * hh * ww * esz); };
+  {
+    int64_t hh = th, ww = tw;
+    cache(config_.latent_channels, hh, ww);  // conv_in
+    for (int r = 0; r < 4; ++r) cache(rc[0], hh, ww);  // mid resnets
+    for (size_t i = 0; i < up_.size(); ++i) {
+      const int64_t cin = i == 0 ? rc[0] : rc[i - 1];
+      for (size_t j = 0; j < up_[i].resnets.size(); ++j) {
+        cache(j == 0 ? cin : rc[i], hh, ww);
+        cache(rc[i], hh, ww);
+      }
+      if (up_[i].upsample_conv.w.defined()) {
+        hh *= up_[i].fh;
+        ww *= up_[i].fw;
+        cache(rc[i], hh, ww);
+      }
     }
+    cache(rc.back(), hh, ww);  // conv_out
   }
-  // A resnet holds its input, two normalized/convolved intermediates and the sum at once, plus the
-  // im2col scratch; the attention's scores; the decoded video itself (fp32) and one tile in fp32.
-  const size_t act = static_cast<size_t>(largest) * esz;
   const int64_t hw_lat = th * tw;
-  const size_t scores = std::min(max_col_bytes, static_cast<size_t>(hw_lat) * static_cast<size_t>(t * hw_lat) * 4);
-  const size_t video = static_cast<size_t>(zs[0] * config_.out_channels * config_.video_frames(t) * h * s * w * s) * 4;
-  const size_t tile_out = static_cast<size_t>(zs[0] * config_.out_channels * config_.video_frames(t) * th * s * tw * s) * 4;
-  const size_t kv = static_cast<size_t>(2 * rc[0] * t * hw_lat) * esz;
-  return 5 * act + max_col_bytes + scores + video + (th < h || tw < w ? 2 * tile_out : 0) + kv;
+  if (config_.mid_block_add_attention) m.alloc(2 * b * seen * hw_lat * rc[0] * esz);
+  auto act = [&](int64_t c, int64_t f, int64_t hh, int64_t ww) { return b * c * f * hh * ww * esz; };
+  auto conv = [&](int64_t cin, int64_t cout, int64_t f, int64_t hh, int64_t ww, int k) {
+    size_t extra_cache = 0, col = 0;
+    if (k == 3 && !first) extra_cache = m.alloc(b * cin * 2 * hh * ww * esz);
+    const size_t y = m.alloc(act(cout, f, hh, ww));
+    if (k == 3) {
+      const int64_t kk = cin * 27, hw = hh * ww;
+      const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(f, static_cast<int64_t>(max_col_bytes) / (kk * hw * esz)));
+      col = m.alloc(kk * nt * hw * esz);
+    }
+    m.free(col);
+    m.free(extra_cache);
+    return y;
+  };
+  auto norm = [&](int64_t c, int64_t f, int64_t hh, int64_t ww) { return m.alloc(act(c, f, hh, ww)); };
+  // resblock with its input live (held by the caller); returns the output's bytes.
+  auto resblock = [&](int64_t cin, int64_t cout, int64_t f, int64_t hh, int64_t ww) {
+    const size_t n1 = norm(cin, f, hh, ww);
+    const size_t h1 = conv(cin, cout, f, hh, ww, 3);
+    m.free(n1);
+    const size_t n2 = norm(cout, f, hh, ww);
+    const size_t h2 = conv(cout, cout, f, hh, ww, 3);
+    m.free(h1);
+    m.free(n2);
+    const size_t sc = cin != cout ? conv(cin, cout, f, hh, ww, 1) : 0;
+    const size_t out = m.alloc(act(cout, f, hh, ww));
+    m.free(sc);
+    m.free(h2);
+    return out;
+  };
+  int64_t f = f_lat, hh = th, ww = tw;
+  const size_t z_in = m.alloc(b * config_.latent_channels * f * hh * ww * 4);  // the chunk's slice
+  const size_t zq = m.alloc(act(config_.latent_channels, f, hh, ww)), zero = m.alloc(act(config_.latent_channels, f, hh, ww));
+  const size_t pq = conv(config_.latent_channels, config_.latent_channels, f, hh, ww, 1);
+  m.free(zq);
+  m.free(zero);
+  size_t x = conv(config_.latent_channels, rc[0], f, hh, ww, 3);
+  m.free(pq);
+  auto step = [&](size_t next) {
+    m.free(x);
+    x = next;
+  };
+  step(resblock(rc[0], rc[0], f, hh, ww));
+  if (config_.mid_block_add_attention) {
+    const int64_t c = rc[0], tok = f * hw_lat, keys = (seen + f) * hw_lat;
+    const size_t hn = norm(c, f, hh, ww), tokens = m.alloc(tok * c * esz * b);
+    const size_t q = m.alloc(tok * c * esz * b), k = m.alloc(tok * c * esz * b), v = m.alloc(tok * c * esz * b);
+    const size_t kv_new = m.alloc(2 * b * keys * c * esz);  // the grown K/V beside the old cache
+    const int64_t q_chunk = std::max<int64_t>(1, std::min<int64_t>(hw_lat, static_cast<int64_t>(max_col_bytes) / (keys * 4)));
+    const size_t o = m.alloc(tok * c * esz * b), scores = m.alloc(q_chunk * keys * 4);
+    m.free(m.alloc(q_chunk * keys * esz));  // P in the compute dtype
+    m.free(scores);
+    const size_t out = m.alloc(tok * c * esz * b), back = m.alloc(act(c, f, hh, ww));
+    m.free(kv_new);
+    const size_t res = m.alloc(act(c, f, hh, ww));
+    for (size_t r : {hn, tokens, q, k, v, o, out, back}) m.free(r);
+    step(res);
+  }
+  step(resblock(rc[0], rc[0], f, hh, ww));
+  // up_block(i, x): its input stays live (the caller's) until the block returns.
+  for (size_t i = 0; i < up_.size(); ++i) {
+    const int64_t cin = i == 0 ? rc[0] : rc[i - 1];
+    const size_t block_in = x;
+    size_t cur = 0;  // the block's own latest activation (0: still the input)
+    for (size_t j = 0; j < up_[i].resnets.size(); ++j) {
+      const size_t next = resblock(j == 0 ? cin : rc[i], rc[i], f, hh, ww);
+      m.free(cur);
+      cur = next;
+    }
+    if (up_[i].upsample_conv.w.defined()) {
+      const int64_t f2 = first && up_[i].ft > 1 ? 1 + up_[i].ft * (f - 1) : f * up_[i].ft, h2 = hh * up_[i].fh, w2 = ww * up_[i].fw;
+      const size_t up = m.alloc(act(rc[i], f2, h2, w2));
+      const size_t y = conv(rc[i], rc[i], f2, h2, w2, 3);
+      m.free(up);
+      m.free(cur);
+      cur = y;
+      f = f2;
+      hh = h2;
+      ww = w2;
+    }
+    m.free(block_in);
+    x = cur;
+  }
+  const size_t n = norm(rc.back(), f, hh, ww);
+  const size_t y = conv(rc.back(), config_.out_channels, f, hh, ww, 3);
+  m.free(n);
+  m.alloc(b * config_.out_channels * f * hh * ww * 4);  // .to(F32), with x and y still live
+  m.free(y);
+  m.free(x);
+  m.free(z_in);
+  return m.peak;
+  };
+  size_t peak = simulate(chunk, true, 0);
+  if (t > chunk) peak = std::max(peak, simulate(std::min(chunk, t - chunk), false, t - std::min(chunk, t - chunk)));
+  // Small buffers the walk leaves out (bias views, host staging, library workspaces): 3% + 1 MiB.
+  peak += peak / 32 + (size_t(1) << 20);
+  // Tiled: the blended video is assembled on the host and uploaded once everything else is freed.
+  if (tiled) peak = std::max(peak, rt::allocation_size_class(static_cast<size_t>(b * config_.out_channels * frames * h * s * w * s * 4)));
+  return peak;
 }
 
 VaeDecoder::DecodePlan VaeDecoder::plan_for_budget(const Shape& zs, size_t budget_bytes) const {
@@ -587,6 +716,13 @@ VaeDecoder::DecodePlan VaeDecoder::plan_for_budget(const Shape& zs, size_t budge
   }
   STAVID_THROW(ErrorCode::OutOfMemory, "VAE: no chunk/tile plan fits a budget of ", budget_bytes, " bytes for latents ",
                shape_str(zs));
+}
+
+Tensor VaeDecoder::decode_with_budget(const Tensor& z, size_t budget_bytes, const ChunkHook& before_chunk) {
+  const DecodePlan plan = plan_for_budget(z.shape(), budget_bytes);
+  rt::Allocator& a = rt::allocator_for(device_);
+  const rt::ScopedReserveLimit limit(a, a.stats().allocated_bytes + budget_bytes);
+  return decode_tiled(z, plan, before_chunk);
 }
 
 Tensor VaeDecoder::postprocess(const Tensor& raw) {
