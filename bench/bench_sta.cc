@@ -15,7 +15,7 @@
 // without text and with 256 text slots (200 valid); the 720p canvas 33x45x80 with tiles 6x8x8 and
 // 3x8x8 at (3,3,3); the mixed set. Without a GPU (or with --cpu) a tiny CPU variant runs instead.
 //
-// Usage: bench_sta [--cpu] [--reps N] [--only CASE]
+// Usage: bench_sta [--cpu] [--reps N] [--only CASE[,CASE...]]
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -141,7 +141,7 @@ class StaBench {
 
   // Runs a case, or its mixed variant with the weighted sum of single-window runs.
   void bench(const BenchCase& c) {
-    if (!o_.only.empty() && o_.only != c.name) return;
+    if (!o_.only.empty() && ("," + o_.only + ",").find("," + c.name + ",") == std::string::npos) return;
     try {
       const Result r = run(c);
       if (!c.mixed) {
@@ -192,6 +192,7 @@ void run_gpu(const Options& o) {
     b.bench({std::string("paper_") + label + "_text", paper, t688, 256, 200, all});
   }
   const std::vector<StaWindow> w333(kHeads, StaWindow{3, 3, 3});
+  b.bench({"paper_333_text256", paper, t688, 256, 256, w333});  // every text slot valid: no masks
   b.bench({"720p_688_333", p720, t688, 0, 0, w333});
   b.bench({"720p_388_333", p720, t388, 0, 0, w333});
   b.bench({"mixed", paper, t688, 0, 0, round_robin(kHeads), true});
@@ -224,7 +225,7 @@ int main(int argc, char** argv) {
     } else if (a == "--only" && i + 1 < argc) {
       o.only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: bench_sta [--cpu] [--reps N] [--only CASE]\n");
+      std::fprintf(stderr, "usage: bench_sta [--cpu] [--reps N] [--only CASE[,CASE...]]\n");
       return 2;
     }
   }

@@ -101,6 +101,10 @@ StaKernel select_sta_kernel(const StaAttentionParams& p) {
   for (const int64_t* s : {p.q_stride, p.k_stride, p.v_stride, p.o_stride})
     for (int i = 0; i < 3; ++i)
       STAVID_CHECK(s[i] % 8 == 0, "STA: strides must be multiples of 8 elements (16 bytes), got ", s[i]);
+  // The kernels address rows within one head with 32-bit offsets (one query block of slack).
+  for (const int64_t* s : {p.q_stride, p.k_stride, p.v_stride})
+    STAVID_CHECK_CODE((g.seq_len() + 128) * s[2] < (int64_t(1) << 31), ErrorCode::Unsupported, "STA on CUDA: ",
+                      g.seq_len(), " slots x seq stride ", s[2], " elements exceed 2^31 per head");
   return g.tile_tokens % 128 == 0 ? StaKernel::PortableM128 : StaKernel::PortableM64;
 }
 
