@@ -212,7 +212,9 @@ Scheduler::Scheduler(SchedulerOptions options, JobRunner runner) : options_(opti
 
 Scheduler::~Scheduler() { drain(std::chrono::milliseconds(0)); }
 
-std::string Scheduler::submit(JobSpec spec) {
+std::string Scheduler::submit(JobSpec spec) { return submit(std::move(spec), nullptr, nullptr); }
+
+std::string Scheduler::submit(JobSpec spec, EventCallback callback, Subscription* subscription) {
   std::unique_lock<std::mutex> lk(mu_);
   auto reject = [&](StatusCode code, const std::string& message) {
     ++rejected_total_;
@@ -255,10 +257,25 @@ std::string Scheduler::submit(JobSpec spec) {
   if (observer_) job->subscribers.push_back(observer_);
   queue_.emplace(QueueKey{job->priority, job->seq}, job);
   ++state_counts_[static_cast<size_t>(JobState::Queued)];
+  FlushList flush_list;
+  if (callback) {
+    auto sub = std::make_shared<detail::Subscriber>();
+    sub->callback = std::move(callback);
+    JobEvent queued;
+    queued.kind = JobEvent::Kind::Queued;
+    queued.job_id = job->id;
+    queued.queue_position = queue_position_locked(*job);
+    queued.queue_depth = queue_.size();
+    sub->pending.push_back(std::move(queued));
+    job->subscribers.push_back(sub);
+    flush_list.push_back(sub);
+    if (subscription) *subscription = Subscription(sub);
+  }
   std::string result = job->id;
   lk.unlock();
   work_cv_.notify_one();
   if (job->deadline) timer_cv_.notify_one();
+  flush(flush_list);
   return result;
 }
 

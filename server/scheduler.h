@@ -248,6 +248,10 @@ class Scheduler {
 
   // Returns the new job id; throws SubmitError on admission failure.
   std::string submit(JobSpec spec);
+  // Submits and subscribes in one step: the subscriber sees every event of the job, starting with
+  // a Queued event (position, depth). *subscription receives the subscription. The callback may run
+  // before this returns.
+  std::string submit(JobSpec spec, EventCallback callback, Subscription* subscription);
   // True when the job was cancelled or its cancellation requested; false when already finished.
   // Throws SubmitError(NotFound) for an unknown id.
   bool cancel(const std::string& job_id);

@@ -118,22 +118,19 @@ class EventStream final : public grpc::ServerWriteReactor<v1::JobEvent> {
     service_.register_stream(this);
   }
 
-  // Follows the job; events (replay first) may arrive before this returns.
-  void start(const std::string& job_id, WallTime submitted_at) {
+  // The subscription callback; events may arrive before attached().
+  EventCallback callback() {
+    return [this](const JobEvent& e) { on_job_event(e); };
+  }
+
+  // The job is followed through `subscription`; the stream may finish from now on.
+  void attached(const std::string& job_id, WallTime submitted_at, Subscription subscription) {
+    subscription_ = std::move(subscription);
+    bool cancel_now = false;
     {
       std::lock_guard<std::mutex> lk(mu_);
       job_id_ = job_id;
       submitted_at_ = submitted_at;
-    }
-    try {
-      subscription_ = service_.scheduler_->subscribe(job_id, [this](const JobEvent& e) { on_job_event(e); });
-    } catch (const SubmitError& e) {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (!final_status_) final_status_ = status_of(e.code(), e.what());
-    }
-    bool cancel_now = false;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
       started_ = true;
       cancel_now = cancelled_ && cancel_job_on_end_ && !terminal_seen_;
       pump_locked();
@@ -203,6 +200,7 @@ class EventStream final : public grpc::ServerWriteReactor<v1::JobEvent> {
   void on_job_event(const JobEvent& e) {
     std::lock_guard<std::mutex> lk(mu_);
     if (finish_called_ || final_status_) return;
+    if (job_id_.empty()) job_id_ = e.job_id;
     v1::JobEvent event = make_event_locked();
     switch (e.kind) {
       case JobEvent::Kind::Queued: {
@@ -440,7 +438,7 @@ grpc::ServerUnaryReactor* VideoService::finish_unary(grpc::CallbackServerContext
 }
 
 std::string VideoService::submit(const v1::GenerateRequest& request, const std::string& client_job_id,
-                                 size_t* queue_position) {
+                                 size_t* queue_position, EventCallback callback, Subscription* subscription) {
   if (request.priority() < kMinPriority || request.priority() > kMaxPriority) {
     throw SubmitError(StatusCode::InvalidArgument,
                       "priority: must be in [-10, 10], got " + std::to_string(request.priority()));
@@ -467,7 +465,8 @@ std::string VideoService::submit(const v1::GenerateRequest& request, const std::
                            : std::chrono::duration_cast<std::chrono::seconds>(options_.default_queue_timeout);
   spec.memory_estimate_bytes = pipeline_.memory_estimate(normalized);
   spec.payload = std::move(normalized);
-  std::string id = scheduler_->submit(std::move(spec));
+  std::string id = callback ? scheduler_->submit(std::move(spec), std::move(callback), subscription)
+                            : scheduler_->submit(std::move(spec));
   if (queue_position) {
     auto snap = scheduler_->get(id);
     *queue_position = snap && snap->state == JobState::Queued ? snap->queue_position : 0;
@@ -485,8 +484,9 @@ grpc::ServerWriteReactor<v1::JobEvent>* VideoService::Generate(grpc::CallbackSer
   }
   try {
     const WallTime submitted = system_clock::now();
-    const std::string id = submit(*request, "", nullptr);
-    stream->start(id, submitted);
+    Subscription sub;
+    const std::string id = submit(*request, "", nullptr, stream->callback(), &sub);
+    stream->attached(id, submitted, std::move(sub));
   } catch (const SubmitError& e) {
     stream->finish_now(status_of(e.code(), e.what()));
   } catch (const std::exception& e) {
@@ -528,7 +528,12 @@ grpc::ServerWriteReactor<v1::JobEvent>* VideoService::WatchJob(grpc::CallbackSer
     stream->finish_now(status);
     return stream;
   }
-  stream->start(request->job_id(), snap->submitted_at);
+  try {
+    Subscription sub = scheduler_->subscribe(request->job_id(), stream->callback());
+    stream->attached(request->job_id(), snap->submitted_at, std::move(sub));
+  } catch (const SubmitError& e) {  // removed since get()
+    stream->finish_now(status_of(e.code(), e.what()));
+  }
   return stream;
 }
 

@@ -89,8 +89,9 @@ class VideoService final : public stavid::v1::VideoService::CallbackService {
   // UNAVAILABLE before start(), UNAUTHENTICATED on a bad token, else OK.
   grpc::Status check_call(grpc::CallbackServerContext* ctx) const;
   // Validation and admission; returns the job id or throws SubmitError.
+  // With a callback, the job is submitted and subscribed in one step (Generate).
   std::string submit(const stavid::v1::GenerateRequest& request, const std::string& client_job_id,
-                     size_t* queue_position);
+                     size_t* queue_position, EventCallback callback = nullptr, Subscription* subscription = nullptr);
   grpc::ServerUnaryReactor* finish_unary(grpc::CallbackServerContext* ctx, const char* rpc, const grpc::Status& status);
   stavid::v1::Job job_proto(const JobSnapshot& snap) const;
   void run_job(JobContext& ctx);

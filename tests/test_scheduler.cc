@@ -590,5 +590,29 @@ TEST(Scheduler, ObserverSeesEveryLiveEventOfEveryJob) {
   }
 }
 
+TEST(Scheduler, SubmitAndSubscribeSeesEveryEventFromQueued) {
+  Scheduler s(one_worker(), script_runner());
+  for (int round = 0; round < 20; ++round) {  // the job may start before submit returns
+    Recorder rec;
+    Subscription sub;
+    const std::string id = s.submit(spec_of([](JobContext& ctx) {
+                                      for (int i = 0; i < 3; ++i) ctx.step(i, 3, 0.0);
+                                      ctx.set_result({1});
+                                    }),
+                                    rec.callback(), &sub);
+    ASSERT_TRUE(sub.active());
+    ASSERT_TRUE(rec.wait_terminal());
+    auto ev = rec.events();
+    ASSERT_EQ(ev.size(), 6u);
+    EXPECT_EQ(ev[0].kind, JobEvent::Kind::Queued);
+    EXPECT_EQ(ev[0].job_id, id);
+    EXPECT_EQ(ev[0].queue_position, 0u);
+    EXPECT_EQ(ev[0].queue_depth, 1u);
+    EXPECT_EQ(ev[1].kind, JobEvent::Kind::Started);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(ev[2 + i].step_index, i);
+    EXPECT_EQ(ev[5].kind, JobEvent::Kind::Completed);
+  }
+}
+
 }  // namespace
 }  // namespace stavid::server
