@@ -10,6 +10,7 @@
 #include <limits>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 #include <type_traits>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -290,7 +291,14 @@ void StavidServer::shutdown(std::chrono::milliseconds drain_budget) {
   set_health(kHealthVideoService, false);
   set_health("", false);
   service_->drain(drain_budget);
-  server_->Shutdown(std::chrono::system_clock::now() + config_.shutdown_grace);
+  // Every job has ended; let the streams deliver their last events and result chunks (bounded),
+  // then shut down at once: gRPC would otherwise wait out the deadline for idle client
+  // connections to hang up.
+  const auto grace_end = std::chrono::steady_clock::now() + config_.shutdown_grace;
+  while (service_->active_streams() > 0 && std::chrono::steady_clock::now() < grace_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  server_->Shutdown(std::chrono::system_clock::now());
   server_->Wait();
   metrics_->set_gauge_source(nullptr);
   service_.reset();
@@ -337,8 +345,11 @@ int server_main(int argc, char** argv, const PipelineFactory& make_pipeline) {
     sigwait(&signals, &sig);
     std::cout << "stavid_server: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ", draining (budget "
               << config.drain_budget.count() << " ms)" << std::endl;
+    const auto t0 = std::chrono::steady_clock::now();
     server.shutdown();
-    std::cout << "stavid_server: drained" << std::endl;
+    std::cout << "stavid_server: drained in "
+              << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count()
+              << " ms" << std::endl;
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "stavid_server: " << e.what() << std::endl;

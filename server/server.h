@@ -8,7 +8,8 @@
 // Lifecycle: start() binds and serves (liveness SERVING, readiness NOT_SERVING, the video service
 // UNAVAILABLE); load() loads the pipeline and starts the scheduler (readiness SERVING); shutdown()
 // sets readiness NOT_SERVING, drains the scheduler within the budget (new jobs UNAVAILABLE; running
-// jobs finish or are cancelled), then Server::Shutdown with a deadline.
+// jobs finish or are cancelled), lets the streams write their last events (shutdown_grace), then
+// Server::Shutdown.
 #pragma once
 
 #include <chrono>
@@ -40,7 +41,7 @@ struct ServerConfig {
   std::string tls_client_ca_file;  // PEM; requires and verifies client certificates
   bool reflection = true;
   std::chrono::milliseconds drain_budget{30000};
-  std::chrono::milliseconds shutdown_grace{5000};  // Server::Shutdown deadline after the drain
+  std::chrono::milliseconds shutdown_grace{5000};  // after the drain: time streams get to finish writing
   ServiceOptions service;
   std::string config_file;  // the pipeline's models config (JSON)
   int workers = 0;          // 0: the pipeline decides (one per GPU, else one CPU worker)

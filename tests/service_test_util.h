@@ -269,6 +269,7 @@ class ServerProcess {
     return -1;
   }
   void signal(int sig) { kill(pid_, sig); }
+  const std::vector<std::string>& lines() const { return lines_; }
   pid_t pid() const { return pid_; }
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }
