@@ -12,8 +12,10 @@ packages=(
   nlohmann-json3-dev libopenblas-dev
   # model layer: text tokenizers (Unicode regexes)
   libpcre2-dev
-  # server: gRPC, protobuf, Abseil, metrics
-  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler prometheus-cpp-dev
+  # server: gRPC, protobuf, Abseil, metrics; OpenSSL (SHA-256, and the CLI makes the TLS test's certificate)
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler prometheus-cpp-dev libssl-dev openssl
+  # tests: a real Prometheus server scrapes stavid_server (test_service_process)
+  prometheus
   # media: MP4 / H.264
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libx264-dev
 )

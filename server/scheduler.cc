@@ -49,6 +49,7 @@ struct Job {
   StatusCode error_code = StatusCode::Ok;
   std::string error_message;
   SharedBytes result;
+  std::string result_info;
   size_t result_bytes = 0;
   bool result_evicted = false;
 
@@ -198,6 +199,12 @@ Scheduler::Scheduler(SchedulerOptions options, JobRunner runner) : options_(opti
   STAVID_CHECK(options_.max_queue > 0, "scheduler: max_queue must be > 0");
   STAVID_CHECK(options_.num_workers > 0, "scheduler: num_workers must be > 0, got ", options_.num_workers);
   STAVID_CHECK(static_cast<bool>(runner_), "scheduler: a job runner is required");
+  if (options_.observer) {
+    // One permanent subscriber attached to every job: events from all workers pass through its
+    // queue, so whichever thread is delivering hands on the others' events too.
+    observer_ = std::make_shared<detail::Subscriber>();
+    observer_->callback = options_.observer;
+  }
   workers_.reserve(static_cast<size_t>(options_.num_workers));
   for (int w = 0; w < options_.num_workers; ++w) workers_.emplace_back([this, w] { worker_loop(w); });
   timer_ = std::thread([this] { timer_loop(); });
@@ -205,7 +212,9 @@ Scheduler::Scheduler(SchedulerOptions options, JobRunner runner) : options_(opti
 
 Scheduler::~Scheduler() { drain(std::chrono::milliseconds(0)); }
 
-std::string Scheduler::submit(JobSpec spec) {
+std::string Scheduler::submit(JobSpec spec) { return submit(std::move(spec), nullptr, nullptr); }
+
+std::string Scheduler::submit(JobSpec spec, EventCallback callback, Subscription* subscription) {
   std::unique_lock<std::mutex> lk(mu_);
   auto reject = [&](StatusCode code, const std::string& message) {
     ++rejected_total_;
@@ -245,12 +254,28 @@ std::string Scheduler::submit(JobSpec spec) {
   jobs_.emplace(job->id, job);
   by_seq_.emplace(job->seq, job.get());
   if (!job->client_job_id.empty()) client_ids_.emplace(job->client_job_id, job->id);
+  if (observer_) job->subscribers.push_back(observer_);
   queue_.emplace(QueueKey{job->priority, job->seq}, job);
   ++state_counts_[static_cast<size_t>(JobState::Queued)];
+  FlushList flush_list;
+  if (callback) {
+    auto sub = std::make_shared<detail::Subscriber>();
+    sub->callback = std::move(callback);
+    JobEvent queued;
+    queued.kind = JobEvent::Kind::Queued;
+    queued.job_id = job->id;
+    queued.queue_position = queue_position_locked(*job);
+    queued.queue_depth = queue_.size();
+    sub->pending.push_back(std::move(queued));
+    job->subscribers.push_back(sub);
+    flush_list.push_back(sub);
+    if (subscription) *subscription = Subscription(sub);
+  }
   std::string result = job->id;
   lk.unlock();
   work_cv_.notify_one();
   if (job->deadline) timer_cv_.notify_one();
+  flush(flush_list);
   return result;
 }
 
@@ -263,7 +288,7 @@ bool Scheduler::cancel(const std::string& job_id) {
     if (!job) throw SubmitError(StatusCode::NotFound, "no job '" + job_id + "'");
     if (job->state == JobState::Queued) {
       remove_from_queue_locked(*job);
-      finish_locked(*job, JobState::Cancelled, StatusCode::Cancelled, "cancelled while queued", nullptr,
+      finish_locked(*job, JobState::Cancelled, StatusCode::Cancelled, "cancelled while queued", nullptr, {},
                     flush_list);
       effective = true;
     } else if (job->state == JobState::Running) {
@@ -366,6 +391,7 @@ Subscription Scheduler::subscribe(const std::string& job_id, EventCallback callb
         JobEvent done = make(JobEvent::Kind::Completed);
         done.bytes = job->result;
         done.result_evicted = job->result_evicted;
+        done.result_info = job->result_info;
         replay.push_back(std::move(done));
         break;
       }
@@ -414,7 +440,8 @@ void Scheduler::drain(std::chrono::milliseconds timeout) {
     while (!queue_.empty()) {
       std::shared_ptr<detail::Job> job = queue_.begin()->second;
       remove_from_queue_locked(*job);
-      finish_locked(*job, JobState::Cancelled, StatusCode::Cancelled, "server is draining", nullptr, flush_list);
+      finish_locked(*job, JobState::Cancelled, StatusCode::Cancelled, "server is draining", nullptr, {},
+                    flush_list);
     }
   }
   flush(flush_list);
@@ -495,8 +522,9 @@ void Scheduler::run_job(const std::shared_ptr<detail::Job>& job, int worker) {
       message = job->cancel_reason.empty() ? "cancelled by the runner" : job->cancel_reason;
     }
     --running_;
-    finish_locked(*job, end, code, std::move(message), end == JobState::Succeeded ? ctx.result_ : nullptr,
-                  flush_list);
+    const bool succeeded = end == JobState::Succeeded;
+    finish_locked(*job, end, code, std::move(message), succeeded ? ctx.result_ : nullptr,
+                  succeeded ? std::move(ctx.result_info_) : std::string(), flush_list);
   }
   flush(flush_list);
 }
@@ -537,7 +565,7 @@ void Scheduler::expire_locked(SteadyTime now, FlushList& flush_list) {
     std::shared_ptr<detail::Job> job = find_locked(it->second->id);
     remove_from_queue_locked(*job);
     finish_locked(*job, JobState::Failed, StatusCode::DeadlineExceeded, "not started within the queue timeout",
-                  nullptr, flush_list);
+                  nullptr, {}, flush_list);
   }
   while (!finished_.empty() && finished_.front().first + options_.result_ttl <= now) {
     const std::string id = finished_.front().second;
@@ -608,7 +636,7 @@ void Scheduler::set_state_locked(detail::Job& job, JobState state) {
 }
 
 void Scheduler::finish_locked(detail::Job& job, JobState state, StatusCode code, std::string message,
-                              SharedBytes result, FlushList& flush_list) {
+                              SharedBytes result, std::string result_info, FlushList& flush_list) {
   set_state_locked(job, state);
   job.finished_at = std::chrono::system_clock::now();
   job.error_code = code;
@@ -619,6 +647,7 @@ void Scheduler::finish_locked(detail::Job& job, JobState state, StatusCode code,
     result_bytes_ += result->size();
     result_order_.push_back(job.id);
   }
+  job.result_info = std::move(result_info);
   finished_.emplace_back(std::chrono::steady_clock::now(), job.id);
 
   JobEvent event;
@@ -632,6 +661,7 @@ void Scheduler::finish_locked(detail::Job& job, JobState state, StatusCode code,
   event.bytes = result;  // live subscribers get the bytes even if the store evicts them below
   event.code = code;
   event.message = job.error_message;
+  event.result_info = job.result_info;
   evict_results_locked();
   publish_locked(job, std::move(event), flush_list);
   job.subscribers.clear();
@@ -666,6 +696,7 @@ size_t Scheduler::queue_position_locked(const detail::Job& job) const {
 JobSnapshot Scheduler::snapshot_locked(const detail::Job& job) const {
   JobSnapshot s;
   s.id = job.id;
+  s.seq = job.seq;
   s.client_job_id = job.client_job_id;
   s.state = job.state;
   s.priority = job.priority;
@@ -684,6 +715,7 @@ JobSnapshot Scheduler::snapshot_locked(const detail::Job& job) const {
   s.result_bytes = job.result_bytes;
   s.result_evicted = job.result_evicted;
   s.result = job.result;
+  s.result_info = job.result_info;
   s.payload = job.payload;
   return s;
 }

@@ -20,6 +20,10 @@
 //   is Completed, Failed or Cancelled.
 // - drain(): stop accepting, cancel queued jobs, let running ones finish up to the timeout, then
 //   cancel them, wait for their runners to return, join the threads. The destructor drains with zero.
+// - A runner may attach an opaque result info string (a completion summary) with set_result_info();
+//   it is kept with the job record and carried on the Completed event and in snapshots.
+// - SchedulerOptions::observer, when set, sees every live event of every job (never replays), in
+//   order per job, on the producing thread and never under the scheduler lock (for metrics).
 #pragma once
 
 #include <any>
@@ -100,6 +104,7 @@ using WallTime = std::chrono::system_clock::time_point;
 
 struct JobSnapshot {
   std::string id;
+  uint64_t seq = 0;  // submission order, 1-based, never reused
   std::string client_job_id;
   JobState state = JobState::Queued;
   int32_t priority = 0;
@@ -118,6 +123,7 @@ struct JobSnapshot {
   size_t result_bytes = 0;  // size of the result, kept even when evicted
   bool result_evicted = false;
   SharedBytes result;  // null unless Succeeded with a result still in the store
+  std::string result_info;  // what the runner passed to set_result_info (Succeeded only)
   std::shared_ptr<const std::any> payload;
 };
 
@@ -144,6 +150,7 @@ struct JobEvent {
   std::string data_name;
   SharedBytes bytes;
   bool result_evicted = false;
+  std::string result_info;  // Completed: the runner's set_result_info
   // Failed / Cancelled
   StatusCode code = StatusCode::Ok;
   std::string message;
@@ -196,6 +203,9 @@ class JobContext {
   void emit_data(std::string name, Bytes bytes);
   // The job's result, stored when the runner returns normally.
   void set_result(Bytes bytes);
+  const SharedBytes& result() const { return result_; }
+  // An opaque summary stored with the result (Succeeded only), e.g. a serialized completion record.
+  void set_result_info(std::string info) { result_info_ = std::move(info); }
 
  private:
   friend class Scheduler;
@@ -205,6 +215,7 @@ class JobContext {
   std::shared_ptr<detail::Job> job_;
   int worker_;
   SharedBytes result_;
+  std::string result_info_;
 };
 
 using JobRunner = std::function<void(JobContext&)>;
@@ -215,6 +226,7 @@ struct SchedulerOptions {
   std::chrono::seconds result_ttl{600};      // how long finished jobs stay in the store
   size_t max_result_bytes = size_t{256} << 20;  // bound on stored results; 0 = no limit
   int num_workers = 1;                       // > 0
+  EventCallback observer;                    // optional: every live event of every job
 };
 
 struct SchedulerStats {
@@ -236,6 +248,10 @@ class Scheduler {
 
   // Returns the new job id; throws SubmitError on admission failure.
   std::string submit(JobSpec spec);
+  // Submits and subscribes in one step: the subscriber sees every event of the job, starting with
+  // a Queued event (position, depth). *subscription receives the subscription. The callback may run
+  // before this returns.
+  std::string submit(JobSpec spec, EventCallback callback, Subscription* subscription);
   // True when the job was cancelled or its cancellation requested; false when already finished.
   // Throws SubmitError(NotFound) for an unknown id.
   bool cancel(const std::string& job_id);
@@ -269,7 +285,7 @@ class Scheduler {
   static void flush(FlushList& flush);
   void set_state_locked(detail::Job& job, JobState state);
   void finish_locked(detail::Job& job, JobState state, StatusCode code, std::string message, SharedBytes result,
-                     FlushList& flush);
+                     std::string result_info, FlushList& flush);
   void remove_from_queue_locked(detail::Job& job);
   void evict_results_locked();
   void expire_locked(SteadyTime now, FlushList& flush);
@@ -303,6 +319,7 @@ class Scheduler {
   bool joined_ = false;
   std::vector<std::thread> workers_;
   std::thread timer_;
+  std::shared_ptr<detail::Subscriber> observer_;  // subscribed to every job when options_.observer
 };
 
 }  // namespace stavid::server

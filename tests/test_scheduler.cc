@@ -511,5 +511,108 @@ TEST(Scheduler, FinishedJobsExpireAfterTheTtl) {
   EXPECT_EQ(submit_code(s, std::move(again)), StatusCode::Ok);
 }
 
+TEST(Scheduler, ResultInfoTravelsWithTheResult) {
+  Scheduler s(one_worker(), script_runner());
+  Recorder live;
+  Gate resume;
+  const std::string id = s.submit(spec_of([&](JobContext& ctx) {
+    ASSERT_TRUE(resume.wait());
+    ctx.set_result({1, 2});
+    EXPECT_EQ(ctx.result()->size(), 2u);
+    ctx.set_result_info("summary");
+  }));
+  Subscription sub = s.subscribe(id, live.callback());
+  resume.open();
+  ASSERT_TRUE(live.wait_terminal());
+  EXPECT_EQ(live.events().back().kind, JobEvent::Kind::Completed);
+  EXPECT_EQ(live.events().back().result_info, "summary");
+  auto snap = s.get(id);
+  ASSERT_TRUE(snap);
+  EXPECT_EQ(snap->result_info, "summary");
+  EXPECT_GE(snap->seq, 1u);
+  Recorder replay;
+  Subscription again = s.subscribe(id, replay.callback());
+  ASSERT_TRUE(replay.wait_terminal());
+  EXPECT_TRUE(replay.events().back().replay);
+  EXPECT_EQ(replay.events().back().result_info, "summary");
+  // A failed job keeps no info.
+  const std::string bad = s.submit(spec_of([](JobContext& ctx) {
+    ctx.set_result_info("ignored");
+    throw std::runtime_error("boom");
+  }));
+  auto bad_snap = s.wait(bad, kWait);
+  ASSERT_TRUE(bad_snap);
+  EXPECT_EQ(bad_snap->state, JobState::Failed);
+  EXPECT_TRUE(bad_snap->result_info.empty());
+}
+
+TEST(Scheduler, ObserverSeesEveryLiveEventOfEveryJob) {
+  std::mutex mu;
+  std::vector<JobEvent> seen;
+  SchedulerOptions o = one_worker();
+  o.num_workers = 2;
+  o.observer = [&](const JobEvent& e) {
+    std::lock_guard<std::mutex> lk(mu);
+    seen.push_back(e);
+  };
+  std::vector<std::string> ids;
+  {
+    Scheduler s(o, script_runner());
+    for (int j = 0; j < 4; ++j) {
+      ids.push_back(s.submit(spec_of([](JobContext& ctx) {
+        ctx.stage("denoise", false);
+        for (int i = 0; i < 3; ++i) ctx.step(i, 3, 0.001);
+        ctx.stage("denoise", true, 0.003);
+        ctx.set_result({7});
+      })));
+    }
+    for (const auto& id : ids) ASSERT_TRUE(s.wait(id, kWait));
+    Recorder rec;  // a replaying subscriber does not feed the observer
+    Subscription sub = s.subscribe(ids[0], rec.callback());
+    ASSERT_TRUE(rec.wait_terminal());
+    ASSERT_TRUE(eventually([&] {
+      std::lock_guard<std::mutex> lk(mu);
+      return seen.size() >= 4u * 7u;
+    }));
+  }
+  std::lock_guard<std::mutex> lk(mu);
+  ASSERT_EQ(seen.size(), 4u * 7u);  // started, stage, 3 steps, stage, completed
+  for (const auto& id : ids) {
+    std::vector<JobEvent::Kind> kinds;
+    for (const auto& e : seen) {
+      EXPECT_FALSE(e.replay);
+      if (e.job_id == id) kinds.push_back(e.kind);
+    }
+    ASSERT_EQ(kinds.size(), 7u);
+    EXPECT_EQ(kinds.front(), JobEvent::Kind::Started);
+    EXPECT_EQ(kinds[2], JobEvent::Kind::Step);
+    EXPECT_EQ(kinds.back(), JobEvent::Kind::Completed);
+  }
+}
+
+TEST(Scheduler, SubmitAndSubscribeSeesEveryEventFromQueued) {
+  Scheduler s(one_worker(), script_runner());
+  for (int round = 0; round < 20; ++round) {  // the job may start before submit returns
+    Recorder rec;
+    Subscription sub;
+    const std::string id = s.submit(spec_of([](JobContext& ctx) {
+                                      for (int i = 0; i < 3; ++i) ctx.step(i, 3, 0.0);
+                                      ctx.set_result({1});
+                                    }),
+                                    rec.callback(), &sub);
+    ASSERT_TRUE(sub.active());
+    ASSERT_TRUE(rec.wait_terminal());
+    auto ev = rec.events();
+    ASSERT_EQ(ev.size(), 6u);
+    EXPECT_EQ(ev[0].kind, JobEvent::Kind::Queued);
+    EXPECT_EQ(ev[0].job_id, id);
+    EXPECT_EQ(ev[0].queue_position, 0u);
+    EXPECT_EQ(ev[0].queue_depth, 1u);
+    EXPECT_EQ(ev[1].kind, JobEvent::Kind::Started);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(ev[2 + i].step_index, i);
+    EXPECT_EQ(ev[5].kind, JobEvent::Kind::Completed);
+  }
+}
+
 }  // namespace
 }  // namespace stavid::server
