@@ -465,7 +465,7 @@ Tensor VaeDecoder::decode(const Tensor& z) {
   return forward(z, run);
 }
 
-Tensor VaeDecoder::decode_chunked(const Tensor& z, int32_t chunk_latent_frames) {
+Tensor VaeDecoder::decode_chunked(const Tensor& z, int32_t chunk_latent_frames, const ChunkHook& before_chunk) {
   STAVID_CHECK(z.dim() == 5 && z.size(1) == config_.latent_channels, "VAE: latents must be [B, ",
                config_.latent_channels, ", T, h, w], got ", z.str());
   STAVID_CHECK(chunk_latent_frames >= 1, "VAE: chunk_latent_frames must be >= 1");
@@ -478,6 +478,7 @@ Tensor VaeDecoder::decode_chunked(const Tensor& z, int32_t chunk_latent_frames) 
   int64_t f0 = 0;
   for (int64_t t0 = 0; t0 < t; t0 += chunk_latent_frames) {
     const int64_t t1 = std::min(t, t0 + chunk_latent_frames);
+    if (before_chunk) before_chunk();
     const Tensor y = forward(z.slice(2, t0, t1).contiguous(), run);
     out.slice(2, f0, f0 + y.size(2)).copy_from(y);
     f0 += y.size(2);
@@ -488,12 +489,12 @@ Tensor VaeDecoder::decode_chunked(const Tensor& z, int32_t chunk_latent_frames) 
   return out;
 }
 
-Tensor VaeDecoder::decode_tiled(const Tensor& z, const DecodePlan& plan) {
+Tensor VaeDecoder::decode_tiled(const Tensor& z, const DecodePlan& plan, const ChunkHook& before_chunk) {
   const int64_t t = z.size(2), h = z.size(3), w = z.size(4), s = config_.spatial_compression_ratio;
   const int32_t chunk = plan.chunk_latent_frames > 0 ? plan.chunk_latent_frames : static_cast<int32_t>(t);
   const int64_t th = plan.tile_h > 0 ? std::min<int64_t>(plan.tile_h, h) : h;
   const int64_t tw = plan.tile_w > 0 ? std::min<int64_t>(plan.tile_w, w) : w;
-  if (th == h && tw == w) return decode_chunked(z, chunk);
+  if (th == h && tw == w) return decode_chunked(z, chunk, before_chunk);
   const int64_t ov_h = th < h ? std::min<int64_t>(plan.overlap, th - 1) : 0;
   const int64_t ov_w = tw < w ? std::min<int64_t>(plan.overlap, tw - 1) : 0;
   STAVID_CHECK(ov_h >= 0 && ov_w >= 0, "VAE: bad tile overlap");
@@ -525,7 +526,7 @@ Tensor VaeDecoder::decode_tiled(const Tensor& z, const DecodePlan& plan) {
   for (size_t iy = 0; iy < oy.size(); ++iy)
     for (size_t ix = 0; ix < ox.size(); ++ix) {
       const Tensor zt = z.slice(3, oy[iy], oy[iy] + th).slice(4, ox[ix], ox[ix] + tw).contiguous();
-      const std::vector<float> tile = decode_chunked(zt, chunk).to_host_f32();  // [B, C, F, ph, pw]
+      const std::vector<float> tile = decode_chunked(zt, chunk, before_chunk).to_host_f32();  // [B, C, F, ph, pw]
       const int64_t y0 = oy[iy] * s, x0 = ox[ix] * s;
       for (int64_t yy = 0; yy < ph; ++yy) {
         const float ry = ramp(yy, ph, oh_px, iy == 0, iy + 1 == oy.size());

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,10 @@ struct UpBlock {
 };
 
 // Caches carried between the temporal chunks of one decode.
+// Called before each chunk (and tile) of a chunked or tiled decode; it may throw to abandon the
+// decode (a cancelled job), which leaves the decoder usable.
+using ChunkHook = std::function<void()>;
+
 struct DecodeRun {
   bool chunked = false;
   bool first_chunk = true;
@@ -83,7 +88,7 @@ class VaeDecoder {
   // chunk's own statistics (a single pass cannot know the whole tensor's), so the result differs
   // from decode() the way tiled decoders do (tools/reference/README.md quantifies it); a chunk as
   // long as the latent equals decode(). Peak memory scales with the chunk, not the clip.
-  Tensor decode_chunked(const Tensor& z, int32_t chunk_latent_frames);
+  Tensor decode_chunked(const Tensor& z, int32_t chunk_latent_frames, const ChunkHook& before_chunk = nullptr);
   // Spatial tiling on top of temporal chunks: the latent is cut into overlapping tiles of
   // (tile_h, tile_w) latent pixels, `overlap` latent pixels shared between neighbours; each tile is
   // decoded with decode_chunked and the overlaps are blended linearly (the weight of a tile ramps
@@ -93,15 +98,15 @@ class VaeDecoder {
     int32_t tile_h = 0, tile_w = 0;   // latent pixels; 0: no spatial tiling
     int32_t overlap = 0;              // latent pixels shared by neighbouring tiles
   };
-  Tensor decode_tiled(const Tensor& z, const DecodePlan& plan);
+  Tensor decode_tiled(const Tensor& z, const DecodePlan& plan, const ChunkHook& before_chunk = nullptr);
   // Estimated peak device bytes of decoding `z_shape` with `plan` (the output video included).
   size_t estimate_peak_bytes(const Shape& z_shape, const DecodePlan& plan) const;
   // The largest chunk and tile whose estimate fits `budget_bytes`: whole frames first, then square
   // tiles shrinking by 3/4 down to 4 latent pixels, overlap a quarter of the tile within 2..8;
   // throws OutOfMemory when nothing fits.
   DecodePlan plan_for_budget(const Shape& z_shape, size_t budget_bytes) const;
-  Tensor decode_with_budget(const Tensor& z, size_t budget_bytes) {
-    return decode_tiled(z, plan_for_budget(z.shape(), budget_bytes));
+  Tensor decode_with_budget(const Tensor& z, size_t budget_bytes, const ChunkHook& before_chunk = nullptr) {
+    return decode_tiled(z, plan_for_budget(z.shape(), budget_bytes), before_chunk);
   }
   // (x / 2 + 0.5).clamp(0, 1), fp32.
   static Tensor postprocess(const Tensor& raw);
