@@ -552,6 +552,7 @@ pb::GenerateRequest ModelPipeline::normalize(const pb::GenerateRequest& request,
 }
 
 size_t ModelPipeline::memory_estimate(const pb::GenerateRequest& r) const {
+  if (!loaded()) throw SubmitError(StatusCode::Unavailable, "the models are still loading");
   const ModelState& s = model_state(r.model());
   const ModelConfig& m = *s.cfg;
   const Worker& w = *workers_.front();
