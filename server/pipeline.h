@@ -1,7 +1,6 @@
-// CONTRACT between the pipeline helper and the service helper (lead-defined). The pipeline helper
-// creates server/pipeline.h starting from this text; it may ADD members/helpers but must not change
-// the signatures below. The service helper copies this file verbatim into its worktree as
-// server/pipeline.h (interface only) and codes against it with its own stub implementation.
+// The generation pipeline as the service's workers see it (the contract between the service and the
+// pipeline; server/model_pipeline.h is the implementation on the real models). The service owns one
+// Pipeline: it loads it at start, normalizes and admits requests with it, and its workers call run().
 #pragma once
 
 #include <cstddef>

@@ -94,6 +94,29 @@ TEST(VaeGolden, ChunkedDecodeFollowsTheCausalCacheRules) {
   EXPECT_LE(nmse(chunked.to_host_f32(), g.host("chunk_per_chunk_stats")), kTight);
 }
 
+TEST(VaeGolden, ChunkHookRunsBeforeEveryChunkAndItsThrowAbandonsTheDecode) {
+  const Golden g("tiny");
+  VaeDecoder vae = g.decoder(Device::cpu(), DType::F32);
+  const Tensor z = g.get("chunk_z");  // 5 latent frames
+  int calls = 0;
+  const auto ref = vae.decode_chunked(z, 2).to_host_f32();
+  EXPECT_LE(nmse(vae.decode_chunked(z, 2, [&] { ++calls; }).to_host_f32(), ref), 0.0);
+  EXPECT_EQ(calls, 3);  // chunks of 2, 2 and 1 latent frames
+  calls = 0;
+  VaeDecoder::DecodePlan tiled;
+  tiled.chunk_latent_frames = 5;
+  tiled.tile_h = 1;  // the latent is 2x3: 2 x 2 tiles
+  tiled.tile_w = 2;
+  tiled.overlap = 1;
+  vae.decode_tiled(z, tiled, [&] { ++calls; });
+  EXPECT_EQ(calls, 4);  // one whole-clip chunk per tile
+  struct Stop {};
+  calls = 0;
+  EXPECT_THROW(vae.decode_chunked(z, 1, [&] { if (++calls == 2) throw Stop{}; }), Stop);
+  EXPECT_EQ(calls, 2);
+  EXPECT_LE(nmse(vae.decode_chunked(z, 2).to_host_f32(), ref), 0.0);  // still usable
+}
+
 TEST(VaeGolden, SpatialTilesBlendAndTheBudgetBoundsPeakMemory) {
   const Golden g("small");
   VaeDecoder vae = g.decoder(Device::cpu(), DType::F32);

@@ -56,6 +56,10 @@ struct UpBlock {
   int32_t ft = 1, fh = 1, fw = 1;      // upsample factors
 };
 
+// Called before each chunk (and tile) of a chunked or tiled decode; it may throw to abandon the
+// decode (a cancelled job), which leaves the decoder usable.
+using ChunkHook = std::function<void()>;
+
 // Caches carried between the temporal chunks of one decode.
 struct DecodeRun {
   bool chunked = false;
@@ -84,8 +88,7 @@ class VaeDecoder {
   // chunk's own statistics (a single pass cannot know the whole tensor's), so the result differs
   // from decode() the way tiled decoders do (tools/reference/README.md quantifies it); a chunk as
   // long as the latent equals decode(). Peak memory scales with the chunk, not the clip.
-  // `before_chunk` (optional) runs before every chunk, e.g. to stop a cancelled job by throwing.
-  using ChunkHook = std::function<void()>;
+  // `before_chunk` (optional, see ChunkHook) runs before every chunk.
   Tensor decode_chunked(const Tensor& z, int32_t chunk_latent_frames, const ChunkHook& before_chunk = {});
   // Spatial tiling on top of temporal chunks: the latent is cut into overlapping tiles of
   // (tile_h, tile_w) latent pixels, `overlap` latent pixels shared between neighbours; each tile is
