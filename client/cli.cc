@@ -449,7 +449,7 @@ int follow(const Invocation& inv, grpc::ClientContext& ctx, grpc::ClientReaderIn
 
   if (interrupted) {
     if (owns_job) {
-      inv.io.err << "stavid: interrupted: job " << job << " cancelled\n";
+      inv.io.err << "stavid: interrupted: " << (job_id.empty() ? "call" : "job " + job_id) << " cancelled\n";
       return to_int(ExitCode::Cancelled);
     }
     inv.io.err << "stavid: interrupted; job " << job << " keeps running (stavid jobs watch " << job << ")\n";

@@ -15,7 +15,7 @@ namespace v1 = stavid::v1;
 
 namespace {
 
-constexpr int kBarWidth = 24;
+constexpr int kBarWidth = 20;  // keeps the whole status line within 80 columns
 
 std::string fixed(double value, int decimals) {
   char buf[64];
@@ -145,7 +145,10 @@ void ProgressPrinter::on_event(const v1::JobEvent& event) {
     case v1::JobEvent::kStarted: {
       const auto& s = event.started();
       std::string gpus;
-      for (int i = 0; i < s.gpus_size(); ++i) gpus += (i ? "," : "") + std::to_string(s.gpus(i));
+      for (int i = 0; i < s.gpus_size(); ++i) {
+        if (i > 0) gpus += ',';
+        gpus += std::to_string(s.gpus(i));
+      }
       status_ = "started";
       line("job " + job + " started on " + (s.worker().empty() ? "a worker" : s.worker()) +
            (gpus.empty() ? "" : " (GPUs " + gpus + ")"));

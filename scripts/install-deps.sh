@@ -14,6 +14,8 @@ packages=(
   libpcre2-dev
   # server: gRPC, protobuf, Abseil, metrics
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler prometheus-cpp-dev
+  # client: SHA-256 of results (OpenSSL; libgrpc++-dev pulls it in, listed because we call it)
+  libssl-dev
   # media: MP4 / H.264
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libx264-dev
 )
