@@ -4,6 +4,10 @@
 #include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -124,6 +128,54 @@ v1::JobEvent failed_event(grpc::StatusCode code, const std::string& message) {
   return e;
 }
 
+// A self-signed P-256 certificate for "localhost" that is its own CA (so one file serves as the
+// server's certificate, the client's certificate and both trust roots).
+struct Pem {
+  std::string cert, key;
+};
+Pem make_self_signed_cert() {
+  auto bio_string = [](BIO* bio) {
+    char* data = nullptr;
+    const long n = BIO_get_mem_data(bio, &data);
+    std::string s(data, static_cast<size_t>(n));
+    BIO_free(bio);
+    return s;
+  };
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  X509* x = X509_new();
+  X509_set_version(x, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+  X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+  X509_gmtime_adj(X509_getm_notAfter(x), 24 * 3600);
+  X509_set_pubkey(x, key);
+  X509_NAME* name = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("localhost"), -1,
+                             -1, 0);
+  X509_set_issuer_name(x, name);
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, x, x, nullptr, nullptr, 0);
+  const std::pair<int, const char*> extensions[] = {
+      {NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1"},
+      {NID_basic_constraints, "critical,CA:TRUE"},
+      {NID_key_usage, "critical,digitalSignature,keyCertSign"},
+  };
+  for (const auto& [nid, value] : extensions) {
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value);
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+  }
+  X509_sign(x, key, EVP_sha256());
+  BIO* cert_bio = BIO_new(BIO_s_mem());
+  PEM_write_bio_X509(cert_bio, x);
+  BIO* key_bio = BIO_new(BIO_s_mem());
+  PEM_write_bio_PrivateKey(key_bio, key, nullptr, nullptr, 0, nullptr, nullptr);
+  Pem pem{bio_string(cert_bio), bio_string(key_bio)};
+  X509_free(x);
+  EVP_PKEY_free(key);
+  return pem;
+}
+
 // What the fake streams for Generate (and for WatchJob of kJob).
 struct Script {
   std::vector<v1::JobEvent> events;
@@ -157,7 +209,8 @@ class FakeVideoService final : public v1::VideoService::Service {
     std::lock_guard lock(mu_);
     return last_authorization_;
   }
-  std::atomic<bool> saw_cancel{false};
+  std::atomic<bool> holding{false};     // a hold_until_cancelled call is waiting
+  std::atomic<bool> saw_cancel{false};  // ... and saw its client go away
 
   grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                         grpc::ServerWriter<v1::JobEvent>* writer) override {
@@ -272,6 +325,7 @@ class FakeVideoService final : public v1::VideoService::Service {
       if (!writer->Write(e)) return {grpc::StatusCode::CANCELLED, "client went away"};
     }
     if (script.hold_until_cancelled) {
+      holding = true;
       const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
       while (!ctx->IsCancelled() && std::chrono::steady_clock::now() < give_up) {
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -322,7 +376,9 @@ class ClientTest : public ::testing::Test {
           std::map<std::string, std::string> env = {}) {
     std::ostringstream out, err;
     CliIo io{out, err, tty, std::move(env), interrupted};
-    if (!env_server_) {
+    if (std::find(args.begin(), args.end(), "--server") != args.end()) {
+      // the test names its own server
+    } else if (!env_server_) {
       args.push_back("--server");
       args.push_back(address_);
     } else {
@@ -556,25 +612,27 @@ TEST_F(ClientTest, InterruptCancelsTheGenerateCall) {
   s.hold_until_cancelled = true;
   fake_.set_script(s);
   std::atomic<bool> interrupted{false};
-  std::thread ctrl_c([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Ctrl-C once the server has sent its events and waits.
+  auto press_ctrl_c = [&] {
+    for (int i = 0; i < 1000 && !fake_.holding; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     interrupted = true;
-  });
+  };
+  std::thread ctrl_c(press_ctrl_c);
   const int code = run({"generate", "--prompt", "p", "-o", path("out.mp4")}, &interrupted);
   ctrl_c.join();
   EXPECT_EQ(code, 7);
-  EXPECT_NE(err_.find("interrupted: job job-1 cancelled"), std::string::npos) << err_;
+  // "job job-1" once the client read the first event, "call" if Ctrl-C came before that.
+  EXPECT_NE(err_.find("stavid: interrupted: "), std::string::npos) << err_;
+  EXPECT_NE(err_.find(" cancelled\n"), std::string::npos) << err_;
   for (int i = 0; i < 200 && !fake_.saw_cancel; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_TRUE(fake_.saw_cancel);  // the server saw the call go away (and would cancel the job)
   EXPECT_EQ(files_in_dir(), 0u);
 
   // Interrupting a watch detaches instead (130): the job is not ours to cancel.
+  fake_.holding = false;
   fake_.saw_cancel = false;
   interrupted = false;
-  std::thread ctrl_c2([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    interrupted = true;
-  });
+  std::thread ctrl_c2(press_ctrl_c);
   EXPECT_EQ(run({"jobs", "watch", kJob}, &interrupted), 130);
   ctrl_c2.join();
   EXPECT_NE(err_.find("keeps running"), std::string::npos) << err_;
@@ -692,6 +750,38 @@ TEST_F(ClientTest, HealthCheck) {
   server_->GetHealthCheckService()->SetServingStatus("readiness", true);
   EXPECT_EQ(run({"health", "--service=readiness", "--json"}), 0);
   EXPECT_EQ(nlohmann::json::parse(out_).at("status"), "SERVING");
+}
+
+TEST_F(ClientTest, MutualTls) {
+  const Pem pem = make_self_signed_cert();
+  ASSERT_NE(pem.cert.find("BEGIN CERTIFICATE"), std::string::npos);
+  grpc::SslServerCredentialsOptions options(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_root_certs = pem.cert;
+  options.pem_key_cert_pairs.push_back({pem.key, pem.cert});
+  FakeVideoService fake;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::SslServerCredentials(options), &port);
+  builder.RegisterService(&fake);
+  auto server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  const std::string tls_server = "localhost:" + std::to_string(port);
+  for (const auto& [name, text] : {std::pair{"ca.pem", pem.cert}, std::pair{"key.pem", pem.key}}) {
+    std::ofstream(path(name)) << text;
+  }
+  const std::vector<std::string> models = {"models", "--server", tls_server};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = models;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  EXPECT_EQ(run(with({"--ca", path("ca.pem"), "--cert", path("ca.pem"), "--key", path("key.pem"), "--timeout", "5"})), 0)
+      << err_;
+  EXPECT_NE(out_.find("hunyuan-video"), std::string::npos) << out_;
+  // No client certificate, or no TLS at all: the handshake fails (UNAVAILABLE).
+  EXPECT_EQ(run(with({"--ca", path("ca.pem"), "--timeout", "5"})), 5);
+  EXPECT_EQ(run(with({"--timeout", "5"})), 5);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
 }
 
 TEST_F(ClientTest, UsageErrors) {
