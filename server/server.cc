@@ -304,7 +304,7 @@ void StavidServer::shutdown(std::chrono::milliseconds drain_budget) {
   service_.reset();
 }
 
-int server_main(int argc, char** argv, const PipelineFactory& make_pipeline) {
+int server_main(int argc, char** argv, const PipelineFactory& make_pipeline, GpuMemoryReader gpu_memory) {
   // Signals are taken by sigwait below; block them before any thread starts so none inherits them.
   sigset_t signals;
   sigemptyset(&signals);
@@ -336,6 +336,7 @@ int server_main(int argc, char** argv, const PipelineFactory& make_pipeline) {
       return 2;
     }
     StavidServer server(config, std::move(pipeline));
+    if (gpu_memory && server.metrics()) server.metrics()->set_gpu_memory_reader(std::move(gpu_memory));
     server.start();
     std::cout << "stavid_server: listening on port " << server.port() << ", metrics on port "
               << server.metrics_port() << std::endl;

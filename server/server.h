@@ -93,6 +93,6 @@ using PipelineFactory = std::function<std::unique_ptr<Pipeline>(const ServerConf
 // The whole `stavid_server` process: flags, start, load, wait for SIGTERM/SIGINT, drain. Returns the
 // exit code: 0 after a clean drain, 2 on bad flags, 1 on a start or load failure. A null factory
 // serves only --stub.
-int server_main(int argc, char** argv, const PipelineFactory& make_pipeline);
+int server_main(int argc, char** argv, const PipelineFactory& make_pipeline, GpuMemoryReader gpu_memory = {});
 
 }  // namespace stavid::server
