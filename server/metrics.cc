@@ -1,18 +1,29 @@
 // Metrics (see metrics.h). Event-driven metrics live in a prometheus::Registry; the rest is built
 // per scrape by DynamicCollector from the service's gauge source, the GPU memory reader and /proc.
+// HttpEndpoint serves their text exposition at /metrics.
 #include "server/metrics.h"
 
 #include <dirent.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <chrono>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <sstream>
+#include <stdexcept>
+#include <system_error>
+#include <thread>
 
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/family.h>
 #include <prometheus/histogram.h>
 #include <prometheus/metric_family.h>
@@ -188,6 +199,200 @@ class Metrics::DynamicCollector final : public prometheus::Collectable {
   GpuMemoryReader gpu_;
 };
 
+// `GET /metrics` over HTTP/1.1: one listener thread (std::thread, default stack), one connection at
+// a time, answered and closed (Connection: close). The request head must arrive within
+// kHeadTimeout and fit in kMaxHeadBytes, so a silent or slow client delays the next scrape by at
+// most kHeadTimeout; the answer is sent with the same timeout. The destructor wakes the thread
+// through an eventfd, also while it waits on a client.
+class Metrics::HttpEndpoint {
+ public:
+  HttpEndpoint(const std::string& address, std::function<std::string()> scrape);
+  ~HttpEndpoint();
+  HttpEndpoint(const HttpEndpoint&) = delete;
+  HttpEndpoint& operator=(const HttpEndpoint&) = delete;
+
+  int port() const { return port_; }
+
+ private:
+  static constexpr std::chrono::milliseconds kHeadTimeout{2000};
+  static constexpr size_t kMaxHeadBytes = 8192;
+
+  void serve();
+  // The request head (through the blank line); "" when it outgrew kMaxHeadBytes; nullopt on
+  // timeout, a closed or failed connection, or shutdown.
+  std::optional<std::string> read_head(int fd) const;
+  std::string answer(const std::string& head) const;
+
+  std::function<std::string()> scrape_;
+  int listen_fd_ = -1;
+  int wake_fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+namespace {
+
+// "host:port" ("[v6]:port"; an empty host means every interface) -> a bound, listening,
+// non-blocking TCP socket.
+int listen_tcp(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) throw std::invalid_argument("expected host:port");
+  std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoi(port) > 65535) {
+    throw std::invalid_argument("bad port '" + port + "'");
+  }
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  if (const int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found); rc != 0) {
+    throw std::runtime_error(gai_strerror(rc));
+  }
+  int fd = -1;
+  int err = EADDRNOTAVAIL;
+  for (const addrinfo* a = found; a != nullptr && fd < 0; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      err = errno;
+      continue;
+    }
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, /*backlog=*/16) != 0) {
+      err = errno;
+      close(fd);
+      fd = -1;
+    }
+  }
+  freeaddrinfo(found);
+  if (fd < 0) throw std::system_error(err, std::generic_category());
+  return fd;
+}
+
+int bound_port(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return 0;
+  if (addr.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(addr).sin_port);
+  if (addr.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(addr).sin6_port);
+  return 0;
+}
+
+std::string http_response(const std::string& status, const std::string& content_type, const std::string& body) {
+  std::string out = "HTTP/1.1 " + status + "\r\nContent-Type: " + content_type +
+                    "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n";
+  if (status.rfind("405", 0) == 0) out += "Allow: GET\r\n";
+  return out + "\r\n" + body;
+}
+
+// Best effort: a client that stops reading is dropped after the socket's send timeout.
+void send_all(int fd, const std::string& data) {
+  for (size_t sent = 0; sent < data.size();) {
+    const ssize_t n = send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    sent += static_cast<size_t>(n);
+  }
+}
+
+}  // namespace
+
+Metrics::HttpEndpoint::HttpEndpoint(const std::string& address, std::function<std::string()> scrape)
+    : scrape_(std::move(scrape)), listen_fd_(listen_tcp(address)), port_(bound_port(listen_fd_)) {
+  wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (wake_fd_ < 0) {
+    const int err = errno;
+    close(listen_fd_);
+    throw std::system_error(err, std::generic_category());
+  }
+  thread_ = std::thread([this] { serve(); });
+}
+
+Metrics::HttpEndpoint::~HttpEndpoint() {
+  const uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = write(wake_fd_, &one, sizeof(one));
+  thread_.join();
+  close(wake_fd_);
+  close(listen_fd_);
+}
+
+void Metrics::HttpEndpoint::serve() {
+  for (;;) {
+    pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {listen_fd_, POLLIN, 0}};
+    if (poll(fds, 2, /*timeout=*/-1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[0].revents != 0) return;
+    if ((fds[1].revents & POLLIN) == 0) continue;
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) poll(fds, 1, /*timeout=*/100);  // no busy loop
+      continue;
+    }
+    if (const std::optional<std::string> head = read_head(fd)) {
+      const timeval send_timeout{kHeadTimeout.count() / 1000, (kHeadTimeout.count() % 1000) * 1000};
+      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
+      send_all(fd, answer(*head));
+      shutdown(fd, SHUT_WR);
+      // Lingering close: read what the client still sends (a little, briefly) so that close() does
+      // not reset the connection before the client has read the answer.
+      char sink[4096];
+      pollfd in{fd, POLLIN, 0};
+      for (int i = 0; i < 16 && poll(&in, 1, /*timeout=*/100) > 0 && recv(fd, sink, sizeof(sink), 0) > 0; ++i) {
+      }
+    }
+    close(fd);
+  }
+}
+
+std::optional<std::string> Metrics::HttpEndpoint::read_head(int fd) const {
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point deadline = Clock::now() + kHeadTimeout;
+  std::string head;
+  char buf[2048];
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) return std::nullopt;
+    pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {fd, POLLIN, 0}};
+    const int ready = poll(fds, 2, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0 || fds[0].revents != 0) return std::nullopt;
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return std::nullopt;
+    head.append(buf, static_cast<size_t>(n));
+    const size_t end = head.find("\r\n\r\n");
+    if (end != std::string::npos && end + 4 <= kMaxHeadBytes) return head.substr(0, end + 4);
+    if (head.size() > kMaxHeadBytes) return std::string();
+  }
+}
+
+std::string Metrics::HttpEndpoint::answer(const std::string& head) const {
+  const std::string kText = "text/plain; charset=utf-8";
+  // Request line: METHOD SP target SP HTTP/x.y
+  const std::string line = head.substr(0, head.find("\r\n"));
+  const size_t sp1 = line.find(' ');
+  const size_t sp2 = line.rfind(' ');
+  if (sp1 == std::string::npos || sp2 == sp1 || line.compare(sp2 + 1, 5, "HTTP/") != 0) {
+    return http_response("400 Bad Request", kText, "bad request\n");
+  }
+  if (line.substr(0, sp1) != "GET") return http_response("405 Method Not Allowed", kText, "only GET\n");
+  const std::string target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  if (target.substr(0, target.find('?')) != "/metrics") {
+    return http_response("404 Not Found", kText, "not found; metrics are at /metrics\n");
+  }
+  try {
+    return http_response("200 OK", "text/plain; version=0.0.4; charset=utf-8", scrape_());
+  } catch (const std::exception& e) {
+    return http_response("500 Internal Server Error", kText, std::string(e.what()) + "\n");
+  }
+}
+
 Metrics::Metrics(const std::string& listen_address, const std::string& version)
     : registry_(std::make_shared<prometheus::Registry>()), dynamic_(std::make_shared<DynamicCollector>(registry_)) {
   requests_ = &prometheus::BuildCounter()
@@ -233,10 +438,8 @@ Metrics::Metrics(const std::string& listen_address, const std::string& version)
       .Add({{"version", version}})
       .Set(1);
   if (!listen_address.empty()) {
-    exposer_ = std::make_unique<prometheus::Exposer>(listen_address, /*num_threads=*/1);
-    exposer_->RegisterCollectable(dynamic_);
-    const std::vector<int> ports = exposer_->GetListeningPorts();
-    port_ = ports.empty() ? 0 : ports.front();
+    http_ = std::make_unique<HttpEndpoint>(listen_address, [this] { return scrape(); });
+    port_ = http_->port();
   }
 }
 

@@ -3,7 +3,9 @@
 // 3600 s. Label values are small closed sets (RPC names, status code names, stages, outcomes,
 // worker states, GPU ordinals): never job ids or prompts. Gauges that describe the present (queue
 // depth, jobs in flight, workers by state, GPU memory) and the `process_*` family (from /proc) are
-// computed when scraped. No gRPC type here.
+// computed when scraped. `GET /metrics` is served by a small HTTP/1.1 endpoint of our own on one
+// std::thread (not prometheus-cpp's civetweb Exposer: its fixed small thread stacks cannot hold the
+// static TLS of cuBLAS and OpenBLAS, so its threads fail to start in stavid_server). No gRPC type here.
 #pragma once
 
 #include <cstddef>
@@ -16,7 +18,6 @@
 
 namespace prometheus {
 class Counter;
-class Exposer;
 class Histogram;
 class Registry;
 template <typename T>
@@ -48,14 +49,16 @@ const std::vector<double>& duration_buckets_seconds();
 
 class Metrics {
  public:
-  // listen_address: "host:port" for the embedded HTTP server (port 0 picks a free one), or "" for
-  // none (tests read scrape()). version goes into stavid_build_info.
+  // listen_address: "host:port" for the HTTP endpoint ("[::1]:port" for IPv6, port 0 picks a free
+  // one), or "" for none (tests read scrape()). version goes into stavid_build_info. Throws
+  // std::system_error (what(): the strerror text) when the port cannot be bound, and
+  // std::invalid_argument / std::runtime_error for an address that does not parse or resolve.
   Metrics(const std::string& listen_address, const std::string& version);
   ~Metrics();
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
 
-  // The bound HTTP port, or 0 without an exposer.
+  // The bound HTTP port, or 0 without an endpoint.
   int port() const { return port_; }
 
   void set_gauge_source(std::function<ServiceGauges()> source);
@@ -75,10 +78,10 @@ class Metrics {
 
  private:
   class DynamicCollector;
+  class HttpEndpoint;
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<DynamicCollector> dynamic_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
 
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
@@ -89,6 +92,7 @@ class Metrics {
   prometheus::Histogram* step_seconds_ = nullptr;
   prometheus::Counter* steps_ = nullptr;
   prometheus::Counter* skipped_steps_ = nullptr;
+  std::unique_ptr<HttpEndpoint> http_;  // last: stopped before the rest it scrapes is destroyed
 };
 
 }  // namespace stavid::server

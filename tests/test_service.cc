@@ -1,7 +1,11 @@
 // The gRPC service on loopback over the stub pipeline: every RPC, event streams and result chunks,
 // cancellation (CancelJob, Generate disconnect, call deadline), re-attaching WatchJob, priorities,
 // queue timeout, admission and validation codes, auth, TLS, health, reflection, heartbeats, a
-// faulty runner, metrics and the server flags. Each test is bounded in time.
+// faulty runner, metrics (and their HTTP endpoint) and the server flags. Each test is bounded in time.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -11,6 +15,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <system_error>
 
 #include <grpcpp/generic/generic_stub.h>
 
@@ -632,6 +637,92 @@ TEST(Service, MetricsCountRequestsJobsStagesAndProcess) {
   const std::string gpu = s.server().metrics()->scrape();
   EXPECT_NE(gpu.find("stavid_gpu_memory_used_bytes{gpu=\"1\"} 10"), std::string::npos);
   EXPECT_NE(gpu.find("stavid_gpu_memory_total_bytes{gpu=\"0\"} 2000"), std::string::npos);
+}
+
+// A TCP connection to 127.0.0.1:port with a 5 s receive timeout, or -1.
+int connect_loopback(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const timeval timeout{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Sends `request` and returns everything the server answers until it closes.
+std::string http_exchange(int port, const std::string& request) {
+  const int fd = connect_loopback(port);
+  if (fd < 0) return "";
+  std::string resp;
+  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size())) {
+    char buf[4096];
+    for (ssize_t n; (n = recv(fd, buf, sizeof(buf), 0)) > 0;) resp.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return resp;
+}
+
+TEST(Metrics, HttpEndpointServesMetricsOnly) {
+  Metrics m("127.0.0.1:0", "9.8.7");
+  ASSERT_GT(m.port(), 0);
+  const std::string ok = http_exchange(m.port(), "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n");
+  EXPECT_EQ(ok.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << ok.substr(0, 200);
+  EXPECT_NE(ok.find("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"), std::string::npos);
+  EXPECT_NE(ok.find("\r\nConnection: close\r\n"), std::string::npos);
+  const size_t body = ok.find("\r\n\r\n");
+  ASSERT_NE(body, std::string::npos);
+  EXPECT_NE(ok.find("\r\nContent-Length: " + std::to_string(ok.size() - body - 4) + "\r\n"), std::string::npos);
+  EXPECT_NE(ok.find("stavid_build_info{version=\"9.8.7\"} 1"), std::string::npos);
+  EXPECT_NE(ok.find("process_threads"), std::string::npos);
+  EXPECT_EQ(http_exchange(m.port(), "GET /metrics?x=1 HTTP/1.0\r\n\r\n").rfind("HTTP/1.1 200 OK\r\n", 0), 0u);
+  for (const char* path : {"/", "/metric", "/metrics/x"}) {
+    const std::string resp = http_exchange(m.port(), std::string("GET ") + path + " HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(resp.rfind("HTTP/1.1 404 Not Found\r\n", 0), 0u) << path;
+  }
+  const std::string post = http_exchange(m.port(), "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+  EXPECT_EQ(post.rfind("HTTP/1.1 405 ", 0), 0u);
+  EXPECT_EQ(http_exchange(m.port(), "garbage\r\n\r\n").rfind("HTTP/1.1 400 ", 0), 0u);
+  const std::string huge = "GET /metrics HTTP/1.1\r\nX: " + std::string(20000, 'a') + "\r\n\r\n";
+  EXPECT_EQ(http_exchange(m.port(), huge).rfind("HTTP/1.1 400 ", 0), 0u);
+
+  // The port is taken: the same error text as strerror.
+  try {
+    Metrics taken("127.0.0.1:" + std::to_string(m.port()), "1");
+    ADD_FAILURE() << "bound a port in use";
+  } catch (const std::system_error& e) {
+    EXPECT_NE(std::string(e.what()).find("in use"), std::string::npos) << e.what();
+  }
+  EXPECT_ANY_THROW(Metrics("no-port", "1"));
+  EXPECT_ANY_THROW(Metrics("127.0.0.1:99999", "1"));
+}
+
+TEST(Metrics, SilentClientDelaysTheNextScrapeByAtMostTheHeadTimeout) {
+  auto m = std::make_unique<Metrics>("127.0.0.1:0", "1");
+  const int silent = connect_loopback(m->port());
+  ASSERT_GE(silent, 0);
+  const auto start = std::chrono::steady_clock::now();
+  const std::string ok = http_exchange(m->port(), "GET /metrics HTTP/1.1\r\n\r\n");
+  const auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(ok.rfind("HTTP/1.1 200 OK\r\n", 0), 0u);
+  EXPECT_LT(waited, 3500ms);  // head timeout 2 s
+  char byte;
+  EXPECT_EQ(recv(silent, &byte, 1, 0), 0);  // the silent client was dropped without an answer
+  close(silent);
+
+  // Destruction does not wait out a client that is still silent.
+  const int another = connect_loopback(m->port());
+  ASSERT_GE(another, 0);
+  std::this_thread::sleep_for(50ms);
+  const auto stop = std::chrono::steady_clock::now();
+  m.reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - stop, 500ms);
+  close(another);
 }
 
 TEST(ServerFlags, ParseAndReject) {
