@@ -336,8 +336,8 @@ int server_main(int argc, char** argv, const PipelineFactory& make_pipeline, Gpu
       return 2;
     }
     StavidServer server(config, std::move(pipeline));
+    server.start();  // creates the metrics
     if (gpu_memory && server.metrics()) server.metrics()->set_gpu_memory_reader(std::move(gpu_memory));
-    server.start();
     std::cout << "stavid_server: listening on port " << server.port() << ", metrics on port "
               << server.metrics_port() << std::endl;
     server.load();
