@@ -97,7 +97,8 @@ std::string server_usage() {
   --tls-cert=FILE --tls-key=FILE   serve TLS with this PEM certificate chain and key
   --tls-client-ca=FILE        require client certificates signed by this PEM CA
   --auth-token-file=FILE      require "authorization: Bearer <token>" (also env STAVID_AUTH_TOKEN)
-  --reflection / --no-reflection   gRPC server reflection (default on)
+  --reflection / --no-reflection   gRPC server reflection (default on; off with an auth token
+                              unless --reflection is given: reflection is not token-checked)
   --stub                      serve the stub pipeline (no model; tests and overhead benchmarks)
   --stub-step-ms=MS --stub-result-bytes=B --stub-workers=N --stub-load-ms=MS
   --stub-fail-marker=TEXT     (test only) stub jobs whose prompt contains TEXT throw mid-job
@@ -176,6 +177,7 @@ ServerConfig parse_server_flags(const std::vector<std::string>& args, bool* help
     } else if (flag == "--reflection") {
       no_value();
       c.reflection = true;
+      c.reflection_explicit = true;
     } else if (flag == "--no-reflection") {
       no_value();
       c.reflection = false;
@@ -262,7 +264,10 @@ void StavidServer::start() {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(config_.listen, creds, &port_);
   builder.RegisterService(service_.get());
-  builder.SetOption(std::make_unique<ReflectionOption>(config_.reflection));
+  // With a bearer token, every RPC but health must check it; reflection cannot, so it is served
+  // only when asked for by name.
+  const bool reflection = config_.reflection && (config_.service.auth_token.empty() || config_.reflection_explicit);
+  builder.SetOption(std::make_unique<ReflectionOption>(reflection));
   // Long streams: let clients keep connections alive with pings no more often than every 10 s.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);

@@ -39,7 +39,10 @@ struct ServerConfig {
   std::string tls_cert_file;                    // PEM; with tls_key_file turns TLS on
   std::string tls_key_file;
   std::string tls_client_ca_file;  // PEM; requires and verifies client certificates
+  // Server reflection. Reflection is not token-checked (it is not a VideoService method), so with an
+  // auth token it stays off unless asked for explicitly (reflection_explicit, i.e. --reflection).
   bool reflection = true;
+  bool reflection_explicit = false;
   std::chrono::milliseconds drain_budget{30000};
   std::chrono::milliseconds shutdown_grace{5000};  // after the drain: time streams get to finish writing
   ServiceOptions service;

@@ -517,6 +517,14 @@ TEST(Service, ReflectionIsSwitchable) {
   LocalServer off({}, config);
   std::string none;
   EXPECT_EQ(reflection_list(off.channel(), &none).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  // With a bearer token reflection (which cannot check it) is off unless asked for explicitly.
+  ServerConfig with_token;
+  with_token.service.auth_token = "secret";
+  LocalServer guarded({}, with_token);
+  EXPECT_EQ(reflection_list(guarded.channel(), &none).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  with_token.reflection_explicit = true;
+  LocalServer opted_in({}, with_token);
+  EXPECT_TRUE(reflection_list(opted_in.channel(), &none).ok());
 }
 
 // A self-signed certificate (CN=localhost, SAN localhost/127.0.0.1, CA:TRUE) from the openssl CLI.
