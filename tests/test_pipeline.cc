@@ -26,8 +26,11 @@
 #include "server/model_pipeline.h"
 #include "server/preview.h"
 #include "server/scheduler.h"
+#include "tests/gate.h"
 
 namespace stavid::server {
+using stavid::test::Gate;
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -74,30 +77,11 @@ pb::GenerateRequest tiny_request(uint64_t seed = 7) {
   return r;
 }
 
-// A one-shot gate the runner waits on before running, so a test can subscribe first.
-class Gate {
- public:
-  void open() {
-    std::lock_guard<std::mutex> lk(mu_);
-    open_ = true;
-    cv_.notify_all();
-  }
-  void wait() {
-    std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait_for(lk, kWait, [&] { return open_; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = false;
-};
-
 // A Scheduler whose runner is the pipeline; keeps each job's JobCompleted.
 class Harness {
  public:
   explicit Harness(Pipeline& pipeline) : pipeline_(pipeline), scheduler_(options(pipeline), [this](JobContext& ctx) {
-    if (gate_) gate_->wait();
+    if (gate_) gate_->wait(kWait);
     const auto& req = std::any_cast<const pb::GenerateRequest&>(ctx.payload());
     pb::JobCompleted c = pipeline_.run(ctx, req);
     std::lock_guard<std::mutex> lk(mu_);

@@ -2,6 +2,7 @@
 // event replay, concurrency, drain and the result store. Each job's payload is the function its
 // runner calls, so every test scripts its own jobs. Every wait is bounded.
 #include "server/scheduler.h"
+#include "tests/gate.h"
 
 #include <gtest/gtest.h>
 
@@ -14,6 +15,8 @@
 #include <vector>
 
 namespace stavid::server {
+using stavid::test::Gate;
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -34,25 +37,6 @@ JobSpec spec_of(Script script, int32_t priority = 0) {
   spec.payload = std::move(script);
   return spec;
 }
-
-// A one-shot gate a runner waits on (bounded), opened by the test.
-class Gate {
- public:
-  void open() {
-    std::lock_guard<std::mutex> lk(mu_);
-    open_ = true;
-    cv_.notify_all();
-  }
-  bool wait(std::chrono::milliseconds timeout = kWait) {
-    std::unique_lock<std::mutex> lk(mu_);
-    return cv_.wait_for(lk, timeout, [&] { return open_; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = false;
-};
 
 template <typename Pred>
 bool eventually(Pred pred, std::chrono::milliseconds timeout = kWait) {
@@ -121,7 +105,7 @@ TEST(Scheduler, PriorityThenFifoWithinPriority) {
       order.push_back(name);
     };
   };
-  const std::string blocker = s.submit(spec_of([&](JobContext&) { ASSERT_TRUE(gate.wait()); }));
+  const std::string blocker = s.submit(spec_of([&](JobContext&) { ASSERT_TRUE(gate.wait(kWait)); }));
   ASSERT_TRUE(eventually([&] { return is_state(s, blocker, JobState::Running); }));
   std::vector<std::string> ids;
   ids.push_back(s.submit(spec_of(record("a0"), 0)));
@@ -146,7 +130,7 @@ TEST(Scheduler, PriorityThenFifoWithinPriority) {
 TEST(Scheduler, QueueFullIsResourceExhausted) {
   Scheduler s(one_worker(/*max_queue=*/2), script_runner());
   Gate gate;
-  const std::string blocker = s.submit(spec_of([&](JobContext&) { ASSERT_TRUE(gate.wait()); }));
+  const std::string blocker = s.submit(spec_of([&](JobContext&) { ASSERT_TRUE(gate.wait(kWait)); }));
   ASSERT_TRUE(eventually([&] { return is_state(s, blocker, JobState::Running); }));
   EXPECT_EQ(submit_code(s, JobSpec{}), StatusCode::Ok);
   EXPECT_EQ(submit_code(s, JobSpec{}), StatusCode::Ok);
@@ -194,7 +178,7 @@ TEST(Scheduler, CancelQueuedJob) {
   Scheduler s(one_worker(), script_runner());
   Gate gate;
   std::atomic<bool> ran{false};
-  const std::string blocker = s.submit(spec_of([&](JobContext&) { ASSERT_TRUE(gate.wait()); }));
+  const std::string blocker = s.submit(spec_of([&](JobContext&) { ASSERT_TRUE(gate.wait(kWait)); }));
   ASSERT_TRUE(eventually([&] { return is_state(s, blocker, JobState::Running); }));
   const std::string queued = s.submit(spec_of([&](JobContext&) { ran = true; }));
   EXPECT_TRUE(s.cancel(queued));
@@ -238,7 +222,7 @@ TEST(Scheduler, CancelRunningJobFreesTheWorker) {
 TEST(Scheduler, QueueTimeoutIsDeadlineExceeded) {
   Scheduler s(one_worker(), script_runner());
   Gate gate;
-  const std::string blocker = s.submit(spec_of([&](JobContext&) { ASSERT_TRUE(gate.wait()); }));
+  const std::string blocker = s.submit(spec_of([&](JobContext&) { ASSERT_TRUE(gate.wait(kWait)); }));
   ASSERT_TRUE(eventually([&] { return is_state(s, blocker, JobState::Running); }));
   JobSpec spec;
   spec.queue_timeout = 50ms;
@@ -324,11 +308,11 @@ TEST(Scheduler, SubscribeMidRunGetsReplayThenLiveStepsInOrder) {
     ctx.step(0, 5, 0.01);
     ctx.step(1, 5, 0.01);
     reached.open();
-    ASSERT_TRUE(resume.wait());
+    ASSERT_TRUE(resume.wait(kWait));
     for (int i = 2; i < 5; ++i) ctx.step(i, 5, 0.01);
     ctx.set_result({42});
   }));
-  ASSERT_TRUE(reached.wait());
+  ASSERT_TRUE(reached.wait(kWait));
   Recorder rec;
   Subscription sub = s.subscribe(id, rec.callback());
   resume.open();
@@ -357,10 +341,10 @@ TEST(Scheduler, UnsubscribeStopsDelivery) {
   Gate resume;
   const std::string id = s.submit(spec_of([&](JobContext& ctx) {
     reached.open();
-    ASSERT_TRUE(resume.wait());
+    ASSERT_TRUE(resume.wait(kWait));
     ctx.step(0, 1, 0.01);
   }));
-  ASSERT_TRUE(reached.wait());
+  ASSERT_TRUE(reached.wait(kWait));
   std::atomic<int> count{0};
   Subscription sub = s.subscribe(id, [&](const JobEvent&) { ++count; });
   EXPECT_EQ(count.load(), 1);  // the replayed Started
@@ -376,7 +360,7 @@ TEST(Scheduler, ConcurrentSubmissionsAreAcceptedOrRejectedNoneLost) {
   o.max_queue = 16;
   o.num_workers = 2;
   Gate gate;
-  Scheduler s(o, [&](JobContext&) { ASSERT_TRUE(gate.wait()); });
+  Scheduler s(o, [&](JobContext&) { ASSERT_TRUE(gate.wait(kWait)); });
   std::mutex mu;
   std::vector<std::string> accepted;
   std::atomic<int> rejected{0};
@@ -427,7 +411,7 @@ TEST(Scheduler, DrainRejectsNewJobsAndEndsAllJobs) {
   Scheduler s(o, script_runner());
   Gate finishing;
   const std::string quick = s.submit(spec_of([&](JobContext& ctx) {
-    ASSERT_TRUE(finishing.wait());
+    ASSERT_TRUE(finishing.wait(kWait));
     ctx.set_result({1});
   }));
   const std::string stubborn = s.submit(spec_of([](JobContext& ctx) {
@@ -516,7 +500,7 @@ TEST(Scheduler, ResultInfoTravelsWithTheResult) {
   Recorder live;
   Gate resume;
   const std::string id = s.submit(spec_of([&](JobContext& ctx) {
-    ASSERT_TRUE(resume.wait());
+    ASSERT_TRUE(resume.wait(kWait));
     ctx.set_result({1, 2});
     EXPECT_EQ(ctx.result()->size(), 2u);
     ctx.set_result_info("summary");
