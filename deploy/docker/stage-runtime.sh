@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Lays out what the runtime image needs (deploy/docker/Dockerfile, build stage) under STAGING:
+#   STAGING/opt/stavid/bin/{stavid_server,stavid}      the two binaries, stripped
+#   STAGING/opt/stavid/deploy/models/ + tests/data/     the demo models (random test weights), when BAKE_DEMO=1
+#   STAGING/runtime-packages.txt                        the packages that own the shared libraries the
+#                                                       binaries load, one a line (ldd + dpkg -S), so the
+#                                                       runtime stage installs exactly those
+# CUDA libraries are left out of the list: the runtime base image brings them, and the driver
+# (libcuda.so.1) comes from the host through the NVIDIA container toolkit.
+# Usage: deploy/docker/stage-runtime.sh BUILD_DIR STAGING [BAKE_DEMO=1]
+set -euo pipefail
+build="${1:?usage: stage-runtime.sh BUILD_DIR STAGING [BAKE_DEMO]}"
+staging="${2:?usage: stage-runtime.sh BUILD_DIR STAGING [BAKE_DEMO]}"
+bake_demo="${3:-1}"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+
+binaries=("$build/server/stavid_server" "$build/client/stavid")
+for b in "${binaries[@]}"; do
+  [ -x "$b" ] || { echo "stage-runtime: $b is missing (build the stavid_server and stavid targets)" >&2; exit 1; }
+done
+
+mkdir -p "$staging/opt/stavid/bin"
+for b in "${binaries[@]}"; do
+  install -m 0755 "$b" "$staging/opt/stavid/bin/"
+  strip --strip-unneeded "$staging/opt/stavid/bin/$(basename "$b")" 2>/dev/null || true
+done
+
+# Shared libraries -> owning packages. "not found" is an error, except the driver's libcuda.so.1,
+# which only exists on a GPU host.
+libs=$(ldd "${binaries[@]}" | awk '$2 == "=>" { print $1 " " $3 }' | sort -u)
+missing=$(echo "$libs" | awk '$2 == "not" && $1 !~ /^libcuda\.so/ { print $1 }')
+if [ -n "$missing" ]; then
+  echo "stage-runtime: unresolved shared libraries: $missing" >&2
+  exit 1
+fi
+: > "$staging/runtime-packages.txt.tmp"
+while read -r name path; do
+  case "$path" in not|"") continue ;; esac
+  case "$name" in libcuda.so*|libcudart.so*|libcublas*|libcublasLt*|libnvrtc*|libcurand*|libcufft*|libcusparse*|libcusolver*|libnvJitLink*) continue ;; esac
+  case "$path" in /usr/local/cuda*) continue ;; esac
+  owner=""
+  for candidate in "$path" "$(readlink -f "$path")"; do
+    owner=$(dpkg -S "$candidate" 2>/dev/null | head -n1 | cut -d: -f1) && [ -n "$owner" ] && break
+    # /lib is a symlink to /usr/lib on merged-/usr systems; dpkg may know either spelling.
+    alt="${candidate/#\/usr\/lib\//\/lib\/}"
+    [ "$alt" = "$candidate" ] && alt="${candidate/#\/lib\//\/usr\/lib\/}"
+    owner=$(dpkg -S "$alt" 2>/dev/null | head -n1 | cut -d: -f1) && [ -n "$owner" ] && break
+  done
+  if [ -z "$owner" ]; then
+    echo "stage-runtime: no package owns $path ($name)" >&2
+    exit 1
+  fi
+  echo "$owner" >> "$staging/runtime-packages.txt.tmp"
+done <<< "$libs"
+# libc6/libstdc++ and friends are in every base image; listing them is harmless.
+sort -u "$staging/runtime-packages.txt.tmp" > "$staging/runtime-packages.txt"
+rm -f "$staging/runtime-packages.txt.tmp"
+if grep -E -- '-dev$' "$staging/runtime-packages.txt" >&2; then
+  echo "stage-runtime: a -dev package owns a runtime library (above); link against the shared library package" >&2
+  exit 1
+fi
+
+if [ "$bake_demo" = 1 ]; then
+  # The demo config resolves ../../tests/data/... against deploy/models: keep that layout.
+  mkdir -p "$staging/opt/stavid/deploy" "$staging/opt/stavid/tests/data/dit" "$staging/opt/stavid/tests/data/vae"
+  cp -r "$root/deploy/models" "$staging/opt/stavid/deploy/"
+  for m in dit/small dit/tiny vae/small vae/tiny; do
+    cp -r "$root/tests/data/$m" "$staging/opt/stavid/tests/data/$m"
+  done
+fi
+echo "stage-runtime: staged $(ls "$staging/opt/stavid/bin" | tr '\n' ' ')and $(wc -l < "$staging/runtime-packages.txt") runtime packages under $staging"
