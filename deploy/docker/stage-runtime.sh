@@ -3,8 +3,9 @@
 #   STAGING/opt/stavid/bin/{stavid_server,stavid}      the two binaries, stripped
 #   STAGING/opt/stavid/deploy/models/ + tests/data/     the demo models (random test weights), when BAKE_DEMO=1
 #   STAGING/runtime-packages.txt                        the packages that own the shared libraries the
-#                                                       binaries load, one a line (ldd + dpkg -S), so the
-#                                                       runtime stage installs exactly those
+#                                                       binaries name (DT_NEEDED, ldd, dpkg -S), one a
+#                                                       line; the runtime stage installs those (apt
+#                                                       brings their dependencies)
 # CUDA libraries are left out of the list: the runtime base image brings them, and the driver
 # (libcuda.so.1) comes from the host through the NVIDIA container toolkit.
 # Usage: deploy/docker/stage-runtime.sh BUILD_DIR STAGING [BAKE_DEMO=1]
@@ -25,34 +26,36 @@ for b in "${binaries[@]}"; do
   strip --strip-unneeded "$staging/opt/stavid/bin/$(basename "$b")" 2>/dev/null || true
 done
 
-# Shared libraries -> owning packages. "not found" is an error, except the driver's libcuda.so.1,
-# which only exists on a GPU host.
-libs=$(ldd "${binaries[@]}" | awk '$2 == "=>" { print $1 " " $3 }' | sort -u)
-missing=$(echo "$libs" | awk '$2 == "not" && $1 !~ /^libcuda\.so/ { print $1 }')
+# Shared libraries the binaries name (DT_NEEDED) -> owning packages; apt brings their own
+# dependencies. A library ldd cannot find is an error, except the driver's libcuda.so.1, which
+# exists only on a GPU host.
+resolved=$(ldd "${binaries[@]}" | awk '$2 == "=>" { print $1 " " $3 }' | sort -u)
+missing=$(echo "$resolved" | awk '$2 == "not" && $1 !~ /^libcuda\.so/ { print $1 }')
 if [ -n "$missing" ]; then
   echo "stage-runtime: unresolved shared libraries: $missing" >&2
   exit 1
 fi
+needed=$(for b in "${binaries[@]}"; do readelf -d "$b" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; done | sort -u)
 : > "$staging/runtime-packages.txt.tmp"
-while read -r name path; do
-  case "$path" in not|"") continue ;; esac
-  case "$name" in libcuda.so*|libcudart.so*|libcublas*|libcublasLt*|libnvrtc*|libcurand*|libcufft*|libcusparse*|libcusolver*|libnvJitLink*) continue ;; esac
+for name in $needed; do
+  case "$name" in libcuda.so*|libcudart.so*|libcublas*|libnvrtc*|libnvJitLink*) continue ;; esac
+  path=$(echo "$resolved" | awk -v n="$name" '$1 == n { print $2 }')
   case "$path" in /usr/local/cuda*) continue ;; esac
+  [ -n "$path" ] || { echo "stage-runtime: ldd does not resolve $name" >&2; exit 1; }
   owner=""
   for candidate in "$path" "$(readlink -f "$path")"; do
-    owner=$(dpkg -S "$candidate" 2>/dev/null | head -n1 | cut -d: -f1) && [ -n "$owner" ] && break
-    # /lib is a symlink to /usr/lib on merged-/usr systems; dpkg may know either spelling.
-    alt="${candidate/#\/usr\/lib\//\/lib\/}"
-    [ "$alt" = "$candidate" ] && alt="${candidate/#\/lib\//\/usr\/lib\/}"
-    owner=$(dpkg -S "$alt" 2>/dev/null | head -n1 | cut -d: -f1) && [ -n "$owner" ] && break
+    # /lib is /usr/lib on merged-/usr systems; dpkg may know either spelling.
+    for spelling in "$candidate" "${candidate#/usr}" "/usr${candidate}"; do
+      owner=$(dpkg -S "$spelling" 2>/dev/null | head -n1 | cut -d: -f1) || owner=""
+      [ -n "$owner" ] && break 2
+    done
   done
   if [ -z "$owner" ]; then
     echo "stage-runtime: no package owns $path ($name)" >&2
     exit 1
   fi
   echo "$owner" >> "$staging/runtime-packages.txt.tmp"
-done <<< "$libs"
-# libc6/libstdc++ and friends are in every base image; listing them is harmless.
+done
 sort -u "$staging/runtime-packages.txt.tmp" > "$staging/runtime-packages.txt"
 rm -f "$staging/runtime-packages.txt.tmp"
 if grep -E -- '-dev$' "$staging/runtime-packages.txt" >&2; then
