@@ -36,17 +36,26 @@ if [ -n "$missing" ]; then
   exit 1
 fi
 needed=$(for b in "${binaries[@]}"; do readelf -d "$b" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; done | sort -u)
-: > "$staging/runtime-packages.txt.tmp"
+# One dpkg -S for every spelling of every path (/lib is /usr/lib on merged-/usr systems, and dpkg
+# may know either spelling; the real file may be behind an alternatives link).
+declare -A path_of
+candidates=()
 for name in $needed; do
   case "$name" in libcuda.so*|libcudart.so*|libcublas*|libnvrtc*|libnvJitLink*) continue ;; esac
   path=$(echo "$resolved" | awk -v n="$name" '$1 == n { print $2 }')
-  case "$path" in /usr/local/cuda*) continue ;; esac
   [ -n "$path" ] || { echo "stage-runtime: ldd does not resolve $name" >&2; exit 1; }
+  case "$path" in /usr/local/cuda*) continue ;; esac
+  path_of[$name]="$path"
+  for c in "$path" "$(readlink -f "$path")"; do candidates+=("$c" "${c#/usr}" "/usr${c}"); done
+done
+owners=$(dpkg -S "${candidates[@]}" 2>/dev/null || true)
+: > "$staging/runtime-packages.txt.tmp"
+for name in "${!path_of[@]}"; do
+  path="${path_of[$name]}"
   owner=""
-  for candidate in "$path" "$(readlink -f "$path")"; do
-    # /lib is /usr/lib on merged-/usr systems; dpkg may know either spelling.
-    for spelling in "$candidate" "${candidate#/usr}" "/usr${candidate}"; do
-      owner=$(dpkg -S "$spelling" 2>/dev/null | head -n1 | cut -d: -f1) || owner=""
+  for c in "$path" "$(readlink -f "$path")"; do
+    for spelling in "$c" "${c#/usr}" "/usr${c}"; do
+      owner=$(echo "$owners" | awk -v f="$spelling" '{ p = $0; sub(/^[^:]*(:[a-z0-9]+)?: /, "", p); split($0, a, ":"); if (p == f) { print a[1]; exit } }')
       [ -n "$owner" ] && break 2
     done
   done
