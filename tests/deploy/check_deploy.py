@@ -390,13 +390,15 @@ class LiveTests(unittest.TestCase):
             server_used = {n for n in used if n.startswith(("stavid_", "process_"))}
             self.assertEqual(server_used - live - dc.known_dashboard_metrics(Files.facts.gpu_only_metrics), set())
 
-            # The compose prometheus.yml, with compose's service names resolved to this machine.
+            # The compose prometheus.yml, with compose's service names resolved to this machine; targets
+            # that do not run here (the DCGM exporter) go to a closed loopback port, so that nothing
+            # leaves the machine (not even a DNS query) and they are simply down.
             config = json.loads(json.dumps(Files.prometheus))
             prom_port = free_port()
+            local = {"stavid:9464": f"127.0.0.1:{server.metrics_port}", "localhost:9090": f"127.0.0.1:{prom_port}"}
             for job in config["scrape_configs"]:
                 for sc in job["static_configs"]:
-                    sc["targets"] = [{"stavid:9464": f"127.0.0.1:{server.metrics_port}",
-                                      "localhost:9090": f"127.0.0.1:{prom_port}"}.get(t, t) for t in sc["targets"]]
+                    sc["targets"] = [local.get(t, f"127.0.0.1:{free_port()}") for t in sc["targets"]]
             config["rule_files"] = [str(ROOT / "deploy/prometheus" / f) for f in config["rule_files"]]
             (self.work / "prometheus.yml").write_text(yaml.safe_dump(config))
             prom = subprocess.Popen(["prometheus", f"--config.file={self.work / 'prometheus.yml'}",
