@@ -16,6 +16,7 @@ Nothing here reaches the network: servers listen on 127.0.0.1 and every tool wor
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -436,6 +437,31 @@ class LiveTests(unittest.TestCase):
                     prom.wait()
             rc, _ = server.stop()
         self.assertEqual(rc, 0, server.log.read_text())
+
+    def test_sigterm_taken_by_any_thread_drains(self):
+        """Kubernetes and compose stop the server with a process-directed SIGTERM, which the kernel may hand
+        to any thread that does not block it, such as the pool OpenBLAS starts before main. Sent to such a
+        thread directly (tgkill), it must still drain and exit 0, not take the default action."""
+        server = Server(self.server_bin, ["--stub", "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0"],
+                        self.work / "signal.log")
+        try:
+            self.assertTrue(server.wait_ready(), server.log.read_text())
+            pid = server.proc.pid
+            sigterm_bit = 1 << (signal.SIGTERM - 1)
+            targets = []
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                blocked = next(line for line in (task / "status").read_text().splitlines() if line.startswith("SigBlk:"))
+                if int(task.name) != pid and not int(blocked.split()[1], 16) & sigterm_bit:
+                    targets.append(int(task.name))
+            if not targets:
+                self.skipTest("every thread but the main one blocks SIGTERM")
+            libc = ctypes.CDLL(None, use_errno=True)
+            self.assertEqual(libc.tgkill(pid, targets[0], int(signal.SIGTERM)), 0)
+            rc = server.proc.wait(timeout=60)
+        finally:
+            server.kill()
+        self.assertEqual(rc, 0, server.log.read_text())
+        self.assertIn("SIGTERM, draining", server.log.read_text())
 
     def test_k8s_cpu_demo_pod(self):
         """The cpu-demo overlay's container args and ConfigMap on the staged image tree: its probes (as the
