@@ -1,7 +1,11 @@
 // StavidServer, the stavid_server flags and its main loop (see server.h).
 #include "server/server.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdio>
 #include <cstdlib>
@@ -10,6 +14,7 @@
 #include <limits>
 #include <sstream>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <type_traits>
 
@@ -72,6 +77,20 @@ T parse_number(const std::string& flag, const std::string& value) {
   } catch (const std::exception&) {
   }
   throw std::invalid_argument(flag + ": expected a non-negative number, got '" + value + "'");
+}
+
+// SIGTERM/SIGINT reach server_main through a pipe written by a handler. A plain sigwait is not
+// enough: threads that shared libraries start before main (OpenBLAS's pool) do not block the
+// signals, and a process-directed signal delivered to one of them would take the default action
+// and kill the server without a drain (seen in about 3 % of SIGTERMs). With a handler, whichever
+// thread takes the signal only writes its number to the pipe.
+int g_signal_pipe[2] = {-1, -1};
+
+extern "C" void on_stop_signal(int sig) {
+  const int saved = errno;
+  const unsigned char byte = static_cast<unsigned char>(sig);
+  [[maybe_unused]] const ssize_t n = write(g_signal_pipe[1], &byte, 1);
+  errno = saved;
 }
 
 std::chrono::milliseconds seconds_flag(const std::string& flag, const std::string& value) {
@@ -310,11 +329,23 @@ void StavidServer::shutdown(std::chrono::milliseconds drain_budget) {
 }
 
 int server_main(int argc, char** argv, const PipelineFactory& make_pipeline, GpuMemoryReader gpu_memory) {
-  // Signals are taken by sigwait below; block them before any thread starts so none inherits them.
+  // Stop signals: a handler writes them to a pipe that the main thread reads once the server runs
+  // (on_stop_signal). The threads this process starts inherit a blocked mask, so the signals land on
+  // the main thread (unblocked while it waits) or a library's own thread, never on gRPC or workers.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) {
+    std::perror("stavid_server: pipe2");
+    return 1;
+  }
+  struct sigaction action = {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   ServerConfig config;
@@ -347,8 +378,12 @@ int server_main(int argc, char** argv, const PipelineFactory& make_pipeline, Gpu
               << server.metrics_port() << std::endl;
     server.load();
     std::cout << "stavid_server: ready" << std::endl;
-    int sig = 0;
-    sigwait(&signals, &sig);
+    pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);
+    unsigned char byte = 0;
+    while (read(g_signal_pipe[0], &byte, 1) != 1) {
+      if (errno != EINTR) throw std::system_error(errno, std::generic_category(), "read (signal pipe)");
+    }
+    const int sig = byte;
     std::cout << "stavid_server: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ", draining (budget "
               << config.drain_budget.count() << " ms)" << std::endl;
     const auto t0 = std::chrono::steady_clock::now();
