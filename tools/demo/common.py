@@ -493,7 +493,13 @@ class Attention:
         n = S - L
         impl = self._impl(q.device)
         if impl == "flex":
-            out = self._flex(q, k, v, canvas, L, text_lens)
+            try:
+                out = self._flex(q, k, v, canvas, L, text_lens)
+            except Exception as e:  # compile/lowering problems: fall back to SDPA with a boolean mask
+                print(json.dumps({"warning": f"FlexAttention failed ({type(e).__name__}: {str(e)[:300]}); using sdpa"}),
+                      flush=True)
+                self.impl = "sdpa"
+                return self.attend(layer, q, k, v, canvas, L, text_lens)
         else:
             kv = torch.arange(S, device=q.device)[None, :] < (n + torch.tensor(text_lens, device=q.device))[:, None]
             if self.mode == "dense":

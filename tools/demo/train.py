@@ -20,6 +20,7 @@ bf16 autocast on CUDA; fp32 on the CPU.
 import argparse
 import copy
 import json
+import math
 import os
 import random
 import time
@@ -94,12 +95,21 @@ def _resume(folder, prefix, model_params: "OrderedDict", opt):
     return int(meta.get("step", 0)), meta
 
 
-def _lr(step, base, warmup, total=None, floor=0.1):
+def _progress(step, total, budget, start_step=0):
+    """Fraction of the stage done: by steps, or by the call's time budget when that ends first."""
+    p = step / max(1, total)
+    if budget is not None and budget.limit:
+        p = max(p, budget.elapsed() / budget.limit)
+    return min(1.0, p)
+
+
+def _lr(step, base, warmup, total=None, floor=0.1, budget=None):
+    """Linear warm-up, then cosine decay to floor * base over the stage's progress (steps or time budget)."""
     if step < warmup:
         return base * (step + 1) / warmup
     if total:
-        p = min(1.0, (step - warmup) / max(1, total - warmup))
-        return base * (floor + (1 - floor) * 0.5 * (1 + __import__("math").cos(__import__("math").pi * p)))
+        p = _progress(step, total, budget)
+        return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
     return base
 
 
@@ -157,7 +167,7 @@ def stage_text(args, spec, device, log):
             cls = sum(F.cross_entropy(hd(pooled).float(), y[:, i]) for i, hd in enumerate(heads)) / len(heads)
             loss = lm + cls
         for gp in opt.param_groups:
-            gp["lr"] = _lr(step, args.lr or 2e-3, 50, total)
+            gp["lr"] = _lr(step, args.lr or 2e-3, 50, total, budget=budget)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -207,7 +217,7 @@ def stage_vae(args, spec, device, log):
         kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
         loss = l1 + l2 + le + 1e-4 * kl
         for gp in opt.param_groups:
-            gp["lr"] = _lr(step, args.lr or 1e-3, 100, total)
+            gp["lr"] = _lr(step, args.lr or 1e-3, 100, total, budget=budget)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -301,7 +311,7 @@ def stage_dit(args, spec, device, log, sta: bool = False):
     dense = C.Attention("dense", impl=args.attn_impl, record=sta)
     student_attn = C.Attention("sta", spec.tile, windows, impl=args.attn_impl, record=sta) if sta else dense
     while step < total and not budget.over():
-        use_native = sta or step >= args.native_from * total
+        use_native = sta or _progress(step, total, budget) >= args.native_from
         size, B = (native, B_nat) if use_native else (low, B_low)
         x0, c, _ = cond.batch(g, B, size)
         xt, t, target, guidance = _flow_inputs(g, x0, spec.flow_shift, device)
@@ -321,7 +331,7 @@ def stage_dit(args, spec, device, log, sta: bool = False):
                 extra = {"out_distill": float(out_d), "attn_distill": float(attn_d)}
                 student_attn.records = {}
         for gp in opt.param_groups:
-            gp["lr"] = _lr(step, base_lr, 20 if sta else 200, total)
+            gp["lr"] = _lr(step, base_lr, 20 if sta else 200, total, budget=budget)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
