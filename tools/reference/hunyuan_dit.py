@@ -253,14 +253,14 @@ def timestep_sinusoid(t: torch.Tensor, dim: int = SINUSOID_DIM, max_period: floa
     Every step is then reproducible bit-exactly in C++ (double exp/cos/sin, float multiply). diffusers'
     own fp32 exponent (-ln(1e4) * k computed in fp32) differs from this f_k by 1 ulp for most k."""
     half = dim // 2
-    k = torch.arange(half, dtype=torch.float64)
+    k = torch.arange(half, dtype=torch.float64, device=t.device)
     freqs = torch.exp(-math.log(max_period) * k / half).to(torch.float32)
     ang = t.to(torch.float32)[:, None] * freqs[None, :]  # fp32 product
     ang = ang.to(torch.float64)
     return torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1).to(torch.float32)
 
 
-def rope_tables(cfg: HunyuanVideoConfig, canvas: Sequence[int]):
+def rope_tables(cfg: HunyuanVideoConfig, canvas: Sequence[int], device=None):
     """Spec 2.5: 3-D RoPE tables for the raster-ordered (t, h, w) image tokens of a canvas in tokens.
 
     Returns (cos, sin), each [N_img, head_dim/2] fp32: entry [n, j] is the angle of pair j (features 2j, 2j+1)
@@ -271,12 +271,12 @@ def rope_tables(cfg: HunyuanVideoConfig, canvas: Sequence[int]):
     """
     T, H, W = (int(c) for c in canvas)
     grids = torch.meshgrid(
-        torch.arange(T, dtype=torch.float64), torch.arange(H, dtype=torch.float64),
-        torch.arange(W, dtype=torch.float64), indexing="ij",
+        torch.arange(T, dtype=torch.float64, device=device), torch.arange(H, dtype=torch.float64, device=device),
+        torch.arange(W, dtype=torch.float64, device=device), indexing="ij",
     )
     angles = []
     for axis, d in enumerate(cfg.rope_axes_dim):
-        k = torch.arange(d // 2, dtype=torch.float64)
+        k = torch.arange(d // 2, dtype=torch.float64, device=device)
         freqs = 1.0 / (float(cfg.rope_theta) ** (2.0 * k / d))
         pos = grids[axis].reshape(-1)
         angles.append(pos[:, None] * freqs[None, :])
@@ -322,7 +322,11 @@ def gelu_tanh(x):
 
 def masked_attention(q, k, v, mask):
     """softmax(q k^T / sqrt(Dh) masked) v with a boolean keep-mask broadcastable to [B, H, Sq, Sk].
-    Computed in the dtype of q (fp32 by default): dense scores, -inf where masked, softmax, PV."""
+    Computed in the dtype of q (fp32 by default): dense scores, -inf where masked, softmax, PV.
+    Hook for training code (tools/demo): an attention object whose mask() returns a callable instead of a
+    tensor computes the attention itself (e.g. SDPA or FlexAttention); the reference path is unchanged."""
+    if callable(mask):
+        return mask(q, k, v)
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~mask, float("-inf"))
@@ -735,7 +739,7 @@ class HunyuanVideoTransformer:
             txt = self.refine_text(text, text_mask, timestep)  # 2.3
             L = txt.shape[1]
             text_lens = [int(round(float(v))) for v in text_mask.to(torch.float64).sum(dim=1)]
-            cos, sin = rope_tables(cfg, canvas)  # 2.5
+            cos, sin = rope_tables(cfg, canvas, device=x.device)  # 2.5
             cos, sin = cos.to(dt), sin.to(dt)
             if capture is not None:
                 capture["txt_refined"] = txt

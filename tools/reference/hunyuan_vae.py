@@ -310,6 +310,8 @@ def frame_causal_mask_loop(num_frames: int, hw: int, dtype=torch.float32) -> tor
 
 def attention_single_head(q, k, v, visible):
     """softmax(q k^T / sqrt(C) + mask) v; q [B, Nq, C], k/v [B, Nk, C], visible [Nq, Nk] bool."""
+    if q.is_cuda and hasattr(F, "scaled_dot_product_attention"):  # training on a GPU (tools/demo)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible.to(q.device))
     scale = 1.0 / math.sqrt(q.shape[-1])
     s = torch.matmul(q, k.transpose(1, 2)) * scale
     s = s.masked_fill(~visible, float("-inf"))
@@ -403,8 +405,8 @@ def _attention_forward(run: DecodeRun, p, prefix, x, groups):
         k_all, v_all = k, v
     run.kv_cache[prefix] = (k_all, v_all)
     run.frames_seen[prefix] = t0 + T
-    q_frames = torch.arange(t0, t0 + T).repeat_interleave(H * W)
-    k_frames = torch.arange(0, t0 + T).repeat_interleave(H * W)
+    q_frames = torch.arange(t0, t0 + T, device=x.device).repeat_interleave(H * W)
+    k_frames = torch.arange(0, t0 + T, device=x.device).repeat_interleave(H * W)
     o = attention_single_head(q, k_all, v_all, frame_causal_mask(q_frames, k_frames))
     o = F.linear(o, p[prefix + ".to_out.0.weight"], p[prefix + ".to_out.0.bias"])
     out = o + tok

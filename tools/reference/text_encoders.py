@@ -265,9 +265,9 @@ def llama_hidden_states(c: LlamaConfig, params, ids: torch.Tensor, valid: Sequen
     p = {k: ops.w(v) for k, v in params.items()}
     b, l = ids.shape
     h, kv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    mask = attention_mask(l, valid)
+    mask = attention_mask(l, valid).to(ids.device)
     cos, sin = rope_tables(c, l)
-    cos, sin = cos.to(dtype)[None, :, None, :], sin.to(dtype)[None, :, None, :]  # [1, L, 1, hd]
+    cos, sin = cos.to(ids.device, dtype)[None, :, None, :], sin.to(ids.device, dtype)[None, :, None, :]  # [1, L, 1, hd]
 
     def rope(x, heads):  # x [B, L, heads*hd]; each multiply and the add round once
         xh = x.view(b, l, heads, hd)
@@ -319,7 +319,7 @@ def clip_forward(c: ClipTextConfig, params, ids: torch.Tensor, valid: Optional[S
     p = {k: ops.w(v) for k, v in params.items()}
     b, l = ids.shape
     assert l <= c.max_position_embeddings
-    mask = attention_mask(l, valid if valid is not None else [l] * b)
+    mask = attention_mask(l, valid if valid is not None else [l] * b).to(ids.device)
     x = ops.r(p["text_model.embeddings.token_embedding.weight"][ids.long()] +
               p["text_model.embeddings.position_embedding.weight"][:l][None])
     layers = []
@@ -339,7 +339,7 @@ def clip_forward(c: ClipTextConfig, params, ids: torch.Tensor, valid: Optional[S
     last = layer_norm(ops, x, p["text_model.final_layer_norm.weight"], p["text_model.final_layer_norm.bias"],
                       c.layer_norm_eps)
     pos = clip_pool_positions(c, ids)
-    pooled = last[torch.arange(b), pos]
+    pooled = last[torch.arange(b, device=last.device), pos.to(last.device)]
     return {"last_hidden_state": last, "pooler_output": pooled, "layers": layers, "pool_positions": pos}
 
 
