@@ -53,6 +53,8 @@ Common options (any command):
                        --cert FILE and --key FILE (client certificate and key, PEM); any of the
                        three implies --tls
   --timeout SECONDS    deadline for the whole call (default: none)
+  --round-robin        spread calls over every address the target resolves to (gRPC's round_robin
+                       policy; use with dns:///stavid-headless...:50051 on Kubernetes)
   --json               machine output: JSON objects, one per line, on stdout
   -q, --quiet          no progress output
   -h, --help           this text
@@ -145,11 +147,11 @@ constexpr FlagSpec kFlags[] = {
     {"fps", true},         {"teacache", true},      {"sta", true},           {"priority", true},
     {"queue-timeout", true}, {"crf", true},         {"preset", true},        {"true-cfg", true},
     {"detach", false},     {"client-job-id", true}, {"output", true},        {"state", true},
-    {"limit", true},       {"page-token", true},    {"service", true},
+    {"limit", true},       {"page-token", true},    {"service", true},       {"round-robin", false},
 };
 
-const std::set<std::string> kCommonFlags = {"server", "token", "tls",  "ca",    "cert",
-                                            "key",    "timeout", "json", "quiet", "help"};
+const std::set<std::string> kCommonFlags = {"server",  "token", "tls",   "ca",   "cert",       "key",
+                                            "timeout", "json",  "quiet", "help", "round-robin"};
 
 const FlagSpec* find_flag(const std::string& name) {
   for (const auto& f : kFlags) {
@@ -294,6 +296,7 @@ struct Common {
   std::string server;
   std::string token;
   bool tls = false;
+  bool round_robin = false;
   std::string ca, cert, key;
   std::optional<double> timeout_seconds;
   OutputMode mode = OutputMode::Lines;
@@ -308,12 +311,16 @@ std::string read_file(const std::string& flag, const std::string& path) {
 }
 
 std::shared_ptr<grpc::Channel> make_channel(const Common& c) {
-  if (!c.tls) return grpc::CreateChannel(c.server, grpc::InsecureChannelCredentials());
+  grpc::ChannelArguments args;
+  // kube-proxy balances connections, not HTTP/2 streams: with a headless Service's dns:/// target,
+  // round_robin keeps a subchannel per pod and spreads calls over them.
+  if (c.round_robin) args.SetLoadBalancingPolicyName("round_robin");
+  if (!c.tls) return grpc::CreateCustomChannel(c.server, grpc::InsecureChannelCredentials(), args);
   grpc::SslCredentialsOptions options;
   if (!c.ca.empty()) options.pem_root_certs = read_file("ca", c.ca);
   if (!c.cert.empty()) options.pem_cert_chain = read_file("cert", c.cert);
   if (!c.key.empty()) options.pem_private_key = read_file("key", c.key);
-  return grpc::CreateChannel(c.server, grpc::SslCredentials(options));
+  return grpc::CreateCustomChannel(c.server, grpc::SslCredentials(options), args);
 }
 
 void prepare(grpc::ClientContext& ctx, const Common& c) {
@@ -808,6 +815,7 @@ Common common_options(const ParsedArgs& parsed, const CliIo& io) {
   c.key = get("key");
   if (c.cert.empty() != c.key.empty()) throw UsageError("--cert and --key go together");
   c.tls = parsed.flags.count("tls") || !c.ca.empty() || !c.cert.empty();
+  c.round_robin = parsed.flags.count("round-robin") > 0;
   if (parsed.flags.count("timeout")) {
     const double t = parse_double("timeout", parsed.flags.at("timeout"));
     if (t <= 0) throw UsageError("--timeout wants a positive number of seconds");

@@ -700,6 +700,10 @@ TEST_F(ClientTest, JobsModelsAndJson) {
   EXPECT_NE(out_.find("calibrated-a"), std::string::npos) << out_;
   ASSERT_EQ(run({"models", "--json"}), 0) << err_;
   EXPECT_EQ(nlohmann::json::parse(out_).at("models").size(), 2u);
+  // --round-robin over a target with several addresses, one of them dead: the call reaches the
+  // live one (round_robin only picks ready subchannels).
+  ASSERT_EQ(run({"models", "--round-robin", "--server", "ipv4:127.0.0.1:1," + address_}), 0) << err_;
+  EXPECT_NE(out_.find("demo"), std::string::npos);
 }
 
 TEST_F(ClientTest, GenerateJsonLines) {
