@@ -4,6 +4,7 @@
 // - Ulysses in the DiT: k = 1, 2, 3, 4 ranks give the single-rank forward (12 heads, per-head STA
 //   windows, a canvas the tile does not divide), a whole sampler run with TeaCache skipping steps,
 //   and the tiled VAE decode split over ranks.
+// On a GPU machine also: ranks sharing one GPU (in-process, host staging) and an NCCL group of one.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -403,6 +404,72 @@ TEST(ParallelVae, PlanWithTiles) {
     EXPECT_GE(static_cast<int>(d.tile_set(z, plan).count()), parts) << parts;
   }
   EXPECT_EQ(d.tile_set(z, plan_with_tiles(d, z, {}, 1)).count(), 1u);
+}
+
+// ---- GPU (skipped without CUDA; NCCL parts without NCCL) ----
+
+// A 4-head config the CUDA attention kernels take (head dim 64, tiles of 64 tokens).
+dit::DitConfig gpu_config() {
+  dit::DitConfig c = config12();
+  c.num_attention_heads = 4;
+  c.attention_head_dim = 64;
+  c.rope_axes_dim = {16, 24, 24};
+  c.num_layers = c.num_single_layers = 1;
+  return c;
+}
+
+// The DiT forward on cuda:0 split over k ranks that all live on that one GPU (in-process, host
+// staging) or, for k = 1, on an NCCL group of one. bf16: tolerance relative to the one-rank run.
+TEST(GpuGroup, DitForwardOnOneGpuMatchesSingleRank) {
+  STAVID_REQUIRE_CUDA();
+  const Device gpu = Device::cuda(0);
+  const dit::DitConfig c = gpu_config();
+  const dit::DitWeights w = dit::DitWeights::random(c, 5, gpu, DType::BF16);
+  dit::DitInputs in;
+  in.latent = Tensor::randn({1, c.in_channels, 2, 32, 32}, 21, DType::F32, gpu);  // 2 x 16 x 16 tokens
+  in.text_states = Tensor::randn({1, 9, c.text_embed_dim}, 22, DType::F32, gpu);
+  in.pooled = Tensor::randn({1, c.pooled_projection_dim}, 23, DType::F32, gpu);
+  in.timestep = {700.f};
+  in.guidance = {6016.f};
+  in.text_len = {6};
+  dit::AttentionPlan plan;
+  plan.tile = {1, 8, 8};
+  plan.windows.assign(2, std::vector<StaWindow>{{1, 1, 1}, {1, 3, 3}, {1, 1, 3}, {1, 2, 2}});
+  dit::HunyuanDit single(c, w, gpu, DType::BF16);
+  const std::vector<float> ref = single.forward(in, plan).to_host_f32();
+  for (int k : {1, 2, 4}) {
+    Comms comms = k == 1 && nccl_available() ? make_nccl_group({0})
+                                             : make_in_process_group(k, std::vector<Device>(static_cast<size_t>(k), gpu));
+    std::vector<std::vector<float>> out(static_cast<size_t>(k));
+    run_on_ranks(comms, [&](int r) {
+      dit::HunyuanDit m(c, w, gpu, DType::BF16);
+      m.set_communicator(comms[r].get());
+      out[r] = m.forward(in, plan).to_host_f32();
+    });
+    for (int r = 0; r < k; ++r) {
+      ASSERT_TRUE(test::all_finite(out[r]));
+      EXPECT_LE(test::nmse(out[r], ref), k == 1 ? 1e-7 : 1e-3) << "k = " << k << " rank " << r << " " << comms[0]->backend();
+    }
+  }
+}
+
+TEST(Nccl, OneRankCollectivesOnTheGpu) {
+  STAVID_REQUIRE_CUDA();
+  if (!nccl_available()) GTEST_SKIP() << "built without NCCL";
+  Comms comms = make_nccl_group({0});
+  run_on_ranks(comms, [&](int) {
+    Communicator& c = *comms[0];
+    EXPECT_STREQ(c.backend(), "nccl");
+    const Tensor x = iota({2, 5, 3}, 1.f).to(Device::cuda(0));
+    expect_same(c.all_to_all(x, 2, {3}, 1, {5}), x, "all_to_all");
+    expect_same(c.all_gather(x.slice(1, 1, 4), 1), x.slice(1, 1, 4), "all_gather");
+    Tensor b = x.clone();
+    c.broadcast(b, 0);
+    expect_same(b, x, "broadcast");
+    EXPECT_EQ(c.all_reduce_sum({1.5, -2.0}), (std::vector<double>{1.5, -2.0}));
+    EXPECT_TRUE(c.any(true));
+    c.barrier();
+  });
 }
 
 }  // namespace
