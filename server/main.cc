@@ -20,6 +20,7 @@ std::unique_ptr<server::Pipeline> make_model_pipeline(const server::ServerConfig
     options.max_gpus = config.workers;
     options.cpu_workers = config.workers;
   }
+  options.group_sizes = config.gpu_groups;
   return std::make_unique<server::ModelPipeline>(server::ServingConfig::from_file(config.config_file), options);
 }
 

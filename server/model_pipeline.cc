@@ -19,6 +19,8 @@
 #include "model/dit/dit.h"
 #include "model/dit/sta_strategy.h"
 #include "model/dit/teacache.h"
+#include "model/parallel/communicator.h"
+#include "model/parallel/parallel_vae.h"
 #include "model/runtime/cuda_runtime.h"
 #include "model/sampler/flow_match.h"
 #include "model/text/prompt_encoder.h"
@@ -59,12 +61,33 @@ struct ModelPipeline::WorkerModel {
   int32_t text_len = 0;
 };
 
-struct ModelPipeline::Worker {
+// One device of a worker (a worker of one device has one rank).
+struct ModelPipeline::Rank {
   Device device;
+  std::unique_ptr<rt::OwnedStream> stream;  // groups on CUDA: the stream every job of this rank uses
+  std::vector<WorkerModel> models;          // parallel to models_ (text encoders on rank 0 only)
+};
+
+struct ModelPipeline::Worker {
   DType dtype = DType::F32;
   std::string name;
   std::vector<uint32_t> gpus;
-  std::vector<WorkerModel> models;  // parallel to models_
+  std::vector<Rank> ranks;  // 1: no sequence parallelism
+  std::vector<std::unique_ptr<parallel::Communicator>> comms;  // one per rank when ranks > 1
+
+  void make_comms() {
+    comms.clear();
+    if (ranks.size() < 2) return;
+    std::vector<Device> devices;
+    std::vector<int> ordinals;
+    for (const Rank& r : ranks) {
+      devices.push_back(r.device);
+      ordinals.push_back(r.device.index);
+    }
+    comms = ranks[0].device.is_cuda() && parallel::nccl_available()
+                ? parallel::make_nccl_group(ordinals)
+                : parallel::make_in_process_group(static_cast<int>(ranks.size()), devices);
+  }
 };
 
 namespace {
@@ -218,20 +241,36 @@ ModelPipeline::ModelPipeline(ServingConfig config, PipelineOptions options)
   STAVID_CHECK(std::find(kPresets.begin(), kPresets.end(), options_.default_preset) != kPresets.end(),
                "pipeline: unknown default_preset \"", options_.default_preset, "\"");
   int gpus = options_.use_cuda ? rt::cuda_device_count() : 0;
-  if (options_.max_gpus > 0) gpus = std::min(gpus, options_.max_gpus);
-  const int n = gpus > 0 ? gpus : options_.cpu_workers;
+  if (options_.max_gpus > 0 && options_.group_sizes.empty()) gpus = std::min(gpus, options_.max_gpus);
+  std::vector<int> sizes = options_.group_sizes;
+  int devices = 0;
+  for (int k : sizes) {
+    STAVID_CHECK(k >= 1, "pipeline: group sizes must be >= 1, got ", k);
+    devices += k;
+  }
+  STAVID_CHECK(gpus == 0 || devices <= gpus, "pipeline: the GPU groups need ", devices, " GPUs, ", gpus, " are visible");
+  if (sizes.empty()) sizes.assign(static_cast<size_t>(gpus > 0 ? gpus : options_.cpu_workers), 1);
+  const int n = static_cast<int>(sizes.size());
+  int next_gpu = 0;
   for (int i = 0; i < n; ++i) {
     auto w = std::make_unique<Worker>();
+    const int k = sizes[static_cast<size_t>(i)];
     if (gpus > 0) {
-      w->device = Device::cuda(i);
       w->dtype = DType::BF16;
-      w->name = "gpu" + std::to_string(i);
-      w->gpus = {static_cast<uint32_t>(i)};
+      w->name = "gpu" + std::to_string(next_gpu) + (k > 1 ? "-" + std::to_string(next_gpu + k - 1) : "");
+      for (int r = 0; r < k; ++r, ++next_gpu) {
+        w->gpus.push_back(static_cast<uint32_t>(next_gpu));
+        Rank rank;
+        rank.device = Device::cuda(next_gpu);
+        if (k > 1) rank.stream = std::make_unique<rt::OwnedStream>(rank.device);
+        w->ranks.push_back(std::move(rank));
+      }
     } else {
-      w->device = Device::cpu();
       w->dtype = DType::F32;
       w->name = n == 1 ? "cpu" : "cpu" + std::to_string(i);
+      for (int r = 0; r < k; ++r) w->ranks.push_back(Rank{Device::cpu(), nullptr, {}});
     }
+    w->make_comms();
     workers_.push_back(std::move(w));
   }
 }
@@ -325,36 +364,45 @@ void ModelPipeline::load() {
     });
     states.push_back(std::move(s));
   }
+  // Sequence-parallel groups need a group size dividing every model's heads (InvalidArgument).
+  for (auto& w : workers_)
+    for (const auto& s : states)
+      for_model(s->cfg->name,
+                [&] { parallel::check_head_split(s->dit.num_attention_heads, static_cast<int>(w->ranks.size())); });
   for (auto& w : workers_) {
-    rt::set_device(w->device);
-    w->models.clear();
-    for (const auto& s : states) {
-      const ModelConfig& m = *s->cfg;
-      WorkerModel wm;
-      for_model(m.name, [&] {
-        wm.dit = std::make_unique<dit::HunyuanDit>(
-            s->dit, dit::DitWeights::load(s->dit, Checkpoint::open(m.dit.checkpoint()), w->device, w->dtype), w->device,
-            w->dtype);
-        wm.vae = std::make_unique<vae::VaeDecoder>(s->vae, Checkpoint::open(m.vae.checkpoint()), w->device, w->dtype);
-        if (m.text_encoder) {
-          text::LlamaLoadOptions lo;
-          lo.num_layers = s->llama->num_hidden_layers - m.text_encoder->skip_layers;
-          lo.final_norm = false;
-          auto llm = std::make_shared<const text::LlamaModel>(
-              text::LlamaModel::load(m.text_encoder->llama_dir, w->device, w->dtype, lo));
-          auto clip = std::make_shared<const text::ClipTextModel>(
-              text::ClipTextModel::load(m.text_encoder->clip_dir, w->device, w->dtype));
-          wm.encoder = std::make_unique<text::PromptEncoder>(s->llm_tok, std::move(llm), s->clip_tok, std::move(clip),
-                                                             s->encoder_options);
-        } else {
-          const Checkpoint e = Checkpoint::open(m.embeddings);
-          wm.text_states = load_tensor(e, e.at("text"), w->device, DType::F32);
-          wm.pooled = load_tensor(e, e.at("pooled"), w->device, DType::F32);
-          for (float v : read_as_float(e, e.at("text_mask"))) wm.text_len += v > 0.5f;
-          STAVID_CHECK(wm.text_len >= 1, m.embeddings, ": \"text_mask\" marks no valid token");
-        }
-      });
-      w->models.push_back(std::move(wm));
+    for (size_t ri = 0; ri < w->ranks.size(); ++ri) {
+      Rank& rank = w->ranks[ri];
+      const Device device = rank.device;
+      rt::set_device(device);
+      rank.models.clear();
+      for (const auto& s : states) {
+        const ModelConfig& m = *s->cfg;
+        WorkerModel wm;
+        for_model(m.name, [&] {
+          wm.dit = std::make_unique<dit::HunyuanDit>(
+              s->dit, dit::DitWeights::load(s->dit, Checkpoint::open(m.dit.checkpoint()), device, w->dtype), device,
+              w->dtype);
+          wm.vae = std::make_unique<vae::VaeDecoder>(s->vae, Checkpoint::open(m.vae.checkpoint()), device, w->dtype);
+          if (m.text_encoder && ri == 0) {
+            text::LlamaLoadOptions lo;
+            lo.num_layers = s->llama->num_hidden_layers - m.text_encoder->skip_layers;
+            lo.final_norm = false;
+            auto llm = std::make_shared<const text::LlamaModel>(
+                text::LlamaModel::load(m.text_encoder->llama_dir, device, w->dtype, lo));
+            auto clip = std::make_shared<const text::ClipTextModel>(
+                text::ClipTextModel::load(m.text_encoder->clip_dir, device, w->dtype));
+            wm.encoder = std::make_unique<text::PromptEncoder>(s->llm_tok, std::move(llm), s->clip_tok, std::move(clip),
+                                                               s->encoder_options);
+          } else if (!m.text_encoder) {
+            const Checkpoint e = Checkpoint::open(m.embeddings);
+            wm.text_states = load_tensor(e, e.at("text"), device, DType::F32);
+            wm.pooled = load_tensor(e, e.at("pooled"), device, DType::F32);
+            for (float v : read_as_float(e, e.at("text_mask"))) wm.text_len += v > 0.5f;
+            STAVID_CHECK(wm.text_len >= 1, m.embeddings, ": \"text_mask\" marks no valid token");
+          }
+        });
+        rank.models.push_back(std::move(wm));
+      }
     }
   }
   models_ = std::move(states);
@@ -584,7 +632,7 @@ size_t ModelPipeline::memory_estimate(const pb::GenerateRequest& r) const {
   const Shape z = {1, s.vae.latent_channels, g.latent[0], g.latent[1], g.latent[2]};
   size_t decode = 0;
   try {
-    const vae::VaeDecoder& vd = *w.models.at(model_index(r.model())).vae;
+    const vae::VaeDecoder& vd = *w.ranks.front().models.at(model_index(r.model())).vae;
     const vae::VaeDecoder::DecodePlan plan =
         m.vae_memory_budget_bytes ? vd.plan_for_budget(z, m.vae_memory_budget_bytes) : vae::VaeDecoder::DecodePlan{};
     decode = vd.estimate_peak_bytes(z, plan) + latent;
@@ -600,21 +648,49 @@ pb::JobCompleted ModelPipeline::run(JobContext& ctx, const pb::GenerateRequest& 
   STAVID_CHECK_CODE(loaded(), ErrorCode::Internal, "pipeline: run() before load()");
   const int wi = ctx.worker();
   STAVID_CHECK_CODE(wi >= 0 && wi < num_workers(), ErrorCode::Internal, "pipeline: no worker ", wi);
+  Worker& w = *workers_[wi];
+  const uint64_t seed = r.seed() != 0 ? r.seed() : pick_seed();  // one seed for every rank
+  if (w.ranks.size() == 1) return run_rank(ctx, r, w, 0, seed);
+  pb::JobCompleted done;
+  try {
+    parallel::run_on_ranks(w.comms, [&](int rank) {
+      std::optional<rt::StreamGuard> guard;
+      if (w.ranks[rank].stream) guard.emplace(w.ranks[rank].stream->get());
+      pb::JobCompleted d = run_rank(ctx, r, w, rank, seed);
+      if (rank == 0) done = std::move(d);
+    });
+  } catch (...) {
+    w.make_comms();  // a failing rank aborted the group
+    throw;
+  }
+  return done;
+}
+
+pb::JobCompleted ModelPipeline::run_rank(JobContext& ctx, const pb::GenerateRequest& r, Worker& w, int rank,
+                                         uint64_t seed) {
   const size_t mi = model_index(r.model());
   STAVID_CHECK(mi < models_.size(), "pipeline: unknown model \"", r.model(), "\"");
-  Worker& w = *workers_[wi];
   const ModelState& s = *models_[mi];
   const ModelConfig& m = *s.cfg;
-  WorkerModel& wm = w.models[mi];
+  Rank& rk = w.ranks[static_cast<size_t>(rank)];
+  WorkerModel& wm = rk.models[mi];
   dit::HunyuanDit& model = *wm.dit;
   const dit::DitConfig& dc = s.dit;
-  rt::set_device(w.device);
+  // Ranks > 0 of a group compute with rank 0 and report nothing; rank 0 reports and encodes.
+  parallel::Communicator* comm = w.comms.empty() ? nullptr : w.comms[static_cast<size_t>(rank)].get();
+  const bool lead = rank == 0;
+  model.set_communicator(comm);
+  const Device device = rk.device;
+  rt::set_device(device);
   auto sync = [&] {
-    if (w.device.is_cuda()) rt::synchronize(rt::current_stream(w.device));
+    if (device.is_cuda()) rt::synchronize(rt::current_stream(device));
+  };
+
+  auto stage = [&](std::string_view name, bool finished, double seconds = 0.0) {
+    if (lead) ctx.stage(name, finished, seconds);
   };
 
   pb::JobCompleted done;
-  const uint64_t seed = r.seed() != 0 ? r.seed() : pick_seed();
   done.set_seed(seed);
   const int steps = static_cast<int>(r.steps());
   const bool cfg = r.true_cfg_scale() > 1.f;
@@ -622,7 +698,7 @@ pb::JobCompleted ModelPipeline::run(JobContext& ctx, const pb::GenerateRequest& 
 
   // ---- text ----
   ctx.throw_if_cancelled();
-  ctx.stage("text", false);
+  stage("text", false);
   auto t0 = Clock::now();
   struct Conditioning {
     Tensor states, pooled;
@@ -635,16 +711,32 @@ pb::JobCompleted ModelPipeline::run(JobContext& ctx, const pb::GenerateRequest& 
     const text::PromptEmbeddings e = wm.encoder->encode(prompts);
     cond = {e.text_states.slice(0, 0, 1).contiguous(), e.pooled.slice(0, 0, 1).contiguous(), e.text_len[0]};
     if (cfg) uncond = {e.text_states.slice(0, 1, 2).contiguous(), e.pooled.slice(0, 1, 2).contiguous(), e.text_len[1]};
-  } else {
+  } else if (wm.text_states.defined()) {
     cond = {wm.text_states, wm.pooled, wm.text_len};
+  }
+  if (comm && m.text_encoder) {
+    // The encoders live on rank 0: it broadcasts the conditioning (fp32) to the other ranks.
+    auto share = [&](Conditioning& c) {
+      Tensor states = lead ? c.states.to(DType::F32).contiguous()
+                           : Tensor::empty({1, s.text_slots, dc.text_embed_dim}, DType::F32, device);
+      Tensor pooled = lead ? c.pooled.to(DType::F32).contiguous()
+                           : Tensor::empty({1, dc.pooled_projection_dim}, DType::F32, device);
+      Tensor len = Tensor::full({1}, static_cast<float>(c.len), DType::F32, Device::cpu());
+      comm->broadcast(states, 0);
+      comm->broadcast(pooled, 0);
+      comm->broadcast(len, 0);
+      c = {states, pooled, static_cast<int32_t>(len.item())};
+    };
+    share(cond);
+    if (cfg) share(uncond);
   }
   sync();
   done.set_text_seconds(seconds_since(t0));
-  ctx.stage("text", true, done.text_seconds());
+  stage("text", true, done.text_seconds());
 
   // ---- denoise ----
   ctx.throw_if_cancelled();
-  ctx.stage("denoise", false);
+  stage("denoise", false);
   t0 = Clock::now();
   const dit::StaStrategy strategy = strategy_for(r.sta(), dc, m.tile, g, s.strategies);
   KeptFraction kept(g, m.tile);
@@ -671,7 +763,7 @@ pb::JobCompleted ModelPipeline::run(JobContext& ctx, const pb::GenerateRequest& 
     return model.final_layer(state, state.img);  // [1, C, T, H, W] fp32
   };
   const Tensor noise = Tensor::randn({1, dc.in_channels, g.latent[0], g.latent[1], g.latent[2]}, seed, DType::F32,
-                                     w.device);  // [1, C, T, H, W]
+                                     device);  // [1, C, T, H, W]: whole on every rank
   auto step_t0 = Clock::now();
   const Tensor latents = sampler::sample_euler(
       noise, sampler::flow_sigmas(steps, r.flow_shift()),
@@ -693,16 +785,16 @@ pb::JobCompleted ModelPipeline::run(JobContext& ctx, const pb::GenerateRequest& 
       [&](const Tensor& x, const sampler::StepInfo& st) {
         sync();
         const double secs = seconds_since(step_t0);
-        ctx.step(st.step, steps, secs, /*skipped=*/!computed);
+        if (lead) ctx.step(st.step, steps, secs, /*skipped=*/!computed);
         skipped_steps += computed ? 0 : 1;
-        if (r.preview_every_steps() > 0 && (st.step + 1) % static_cast<int>(r.preview_every_steps()) == 0) {
+        if (lead && r.preview_every_steps() > 0 && (st.step + 1) % static_cast<int>(r.preview_every_steps()) == 0) {
           const std::vector<float> mid = x.select(2, x.size(2) / 2).contiguous().to_host_f32();  // [1, C, H, W]
           const pb::PreviewFrame p = make_latent_preview(mid, dc.in_channels, /*frames=*/1, g.latent[1], g.latent[2],
                                                          static_cast<uint32_t>(st.step));
           const std::string bytes = p.SerializeAsString();
           ctx.emit_data("preview", Bytes(bytes.begin(), bytes.end()));
         }
-        if (faulty && st.step == options_.fault.at_step)
+        if (lead && faulty && st.step == options_.fault.at_step)
           STAVID_THROW(ErrorCode::Internal, "fault injection: job failed on purpose after denoise step ", st.step);
         ctx.throw_if_cancelled();
         step_t0 = Clock::now();
@@ -712,20 +804,31 @@ pb::JobCompleted ModelPipeline::run(JobContext& ctx, const pb::GenerateRequest& 
   done.set_denoise_seconds(seconds_since(t0));
   done.set_teacache_skipped_steps(skipped_steps);
   done.set_sta_sparsity(kept_steps ? 1.0 - kept_sum / kept_steps : 0.0);
-  ctx.stage("denoise", true, done.denoise_seconds());
+  stage("denoise", true, done.denoise_seconds());
 
   // ---- decode ----
   ctx.throw_if_cancelled();
-  ctx.stage("decode", false);
+  stage("decode", false);
   t0 = Clock::now();
   vae::VaeDecoder& vd = *wm.vae;
   const vae::ChunkHook check_cancel = [&] { ctx.throw_if_cancelled(); };
-  // With a budget, decode_with_budget also holds the device cache to it while the VAE runs.
-  const Tensor raw = m.vae_memory_budget_bytes ? vd.decode_with_budget(latents, m.vae_memory_budget_bytes, check_cancel)
-                                               : vd.decode_tiled(latents, vae::VaeDecoder::DecodePlan{}, check_cancel);
+  Tensor raw;
+  if (comm) {
+    // A group: the spatial tiles of the budget's plan (at least one per rank) spread over the ranks.
+    // (No reserve limit here: CPU ranks share one allocator.)
+    const vae::VaeDecoder::DecodePlan plan =
+        m.vae_memory_budget_bytes ? vd.plan_for_budget(latents.shape(), m.vae_memory_budget_bytes) : vae::VaeDecoder::DecodePlan{};
+    raw = parallel::decode_tiled_parallel(vd, *comm, latents,
+                                          parallel::plan_with_tiles(vd, latents.shape(), plan, comm->size()), check_cancel);
+  } else {
+    // With a budget, decode_with_budget also holds the device cache to it while the VAE runs.
+    raw = m.vae_memory_budget_bytes ? vd.decode_with_budget(latents, m.vae_memory_budget_bytes, check_cancel)
+                                    : vd.decode_tiled(latents, vae::VaeDecoder::DecodePlan{}, check_cancel);
+  }
+  if (!lead) return done;  // rank 0 encodes
   const Tensor frames = vae::VaeDecoder::postprocess(raw);  // [1, 3, F, H, W] host
   done.set_decode_seconds(seconds_since(t0));
-  ctx.stage("decode", true, done.decode_seconds());
+  stage("decode", true, done.decode_seconds());
 
   // ---- encode ----
   ctx.throw_if_cancelled();

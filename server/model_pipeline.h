@@ -6,6 +6,14 @@
 // Workers: one per visible CUDA device (worker w on cuda:w, bf16), or `cpu_workers` CPU workers
 // (fp32) when there is none or CUDA is switched off. Every worker owns its own instance of every model
 // (DiT, VAE, text encoders or embeddings); tokenizers and parsed strategies are shared (immutable).
+// GPU groups (PipelineOptions::group_sizes, docs/parallel.md): a worker may instead be a group of k
+// devices running one job together with Ulysses sequence parallelism (8 GPUs as 1x8, 2x4, 4x2 or
+// 8x1, or mixed such as 4,2,1,1). Each rank holds the DiT and the VAE; the text encoders live on rank
+// 0, which broadcasts the conditioning. Rank r of a job runs on its own thread with the rank's
+// persistent stream; rank 0 reports stages, steps and previews and encodes the MP4. Denoising is
+// split by heads/tokens, the VAE decode by spatial tiles (parallel::plan_with_tiles). Loading fails
+// with InvalidArgument when a group size does not divide a model's attention heads. After a failed or
+// cancelled group job the group's communicators are rebuilt (a failing rank aborts the group).
 //
 // Per job (run): stages "text", "denoise", "decode", "encode" are reported start and end; every
 // denoise step is reported (skipped = TeaCache reused the cached residual); cancellation is checked
@@ -39,6 +47,10 @@ struct PipelineOptions {
   bool use_cuda = true;   // false: CPU workers even when GPUs are visible
   int max_gpus = 0;       // at most this many GPU workers (0: every visible GPU)
   int cpu_workers = 1;    // CPU workers when no GPU is used, >= 1
+  // Devices per worker, one entry per worker (e.g. {4, 4}: 8 GPUs as 2x4). Empty: one device per
+  // worker. GPU groups take consecutive ordinals and must fit the visible GPUs (max_gpus is then
+  // ignored); without GPUs every entry is a CPU worker of that many CPU ranks (cpu_workers ignored).
+  std::vector<int> group_sizes;
   int32_t default_crf = 18;              // OutputOptions defaults
   std::string default_preset = "medium";
   FaultInjection fault;   // test only
@@ -76,9 +88,13 @@ class ModelPipeline final : public Pipeline {
  private:
   struct ModelState;
   struct WorkerModel;
+  struct Rank;
   struct Worker;
   const ModelState& model_state(const std::string& name) const;
   size_t model_index(const std::string& name) const;
+  // One rank's share of run(): every rank of a group calls it with the same request and seed.
+  stavid::v1::JobCompleted run_rank(JobContext& ctx, const stavid::v1::GenerateRequest& normalized, Worker& w,
+                                    int rank, uint64_t seed);
 
   const ServingConfig config_;
   const PipelineOptions options_;

@@ -105,6 +105,8 @@ std::string server_usage() {
   --metrics-listen=ADDR       Prometheus /metrics address (default 0.0.0.0:9464; "off" disables)
   --config=FILE               models config (JSON) for the pipeline
   --workers=N                 workers (0: one per GPU, else one CPU worker)
+  --gpu-groups=K,K,...        workers as groups of K devices running one job with sequence parallelism
+                              (8 GPUs: 8 | 4,4 | 2,2,2,2; each K must divide every model's heads)
   --max-queue=N               queued jobs before RESOURCE_EXHAUSTED (default 16)
   --worker-memory-budget=B    bytes one worker can give a job (0: no limit)
   --result-ttl=S              seconds finished jobs stay in the store (default 600)
@@ -159,6 +161,14 @@ ServerConfig parse_server_flags(const std::vector<std::string>& args, bool* help
       c.config_file = arg();
     } else if (flag == "--workers") {
       c.workers = parse_number<int>(flag, arg());
+    } else if (flag == "--gpu-groups") {
+      c.gpu_groups.clear();
+      std::stringstream ss(arg());
+      for (std::string k; std::getline(ss, k, ',');) {
+        c.gpu_groups.push_back(parse_number<int>(flag, k));
+        if (c.gpu_groups.back() < 1) throw std::invalid_argument("--gpu-groups: every group size must be >= 1");
+      }
+      if (c.gpu_groups.empty()) throw std::invalid_argument("--gpu-groups: give at least one group size");
     } else if (flag == "--max-queue") {
       c.service.max_queue = parse_number<size_t>(flag, arg());
       if (c.service.max_queue == 0) throw std::invalid_argument("--max-queue: must be > 0");

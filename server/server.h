@@ -48,6 +48,7 @@ struct ServerConfig {
   ServiceOptions service;
   std::string config_file;  // the pipeline's models config (JSON)
   int workers = 0;          // 0: the pipeline decides (one per GPU, else one CPU worker)
+  std::vector<int> gpu_groups;  // devices per worker (sequence-parallel groups); empty: one each
   bool stub = false;        // serve StubPipeline instead of models (tests, overhead benchmarks)
   StubPipelineOptions stub_options;
 };

@@ -868,5 +868,127 @@ TEST(Run, TextEncodersConditionTheVideoAndTrueCfgRuns) {
   EXPECT_GE(p.memory_estimate(p.normalize(r, RequestLimits{})), plain);  // the VAE stage dominates here
 }
 
+// ---- sequence-parallel groups (docs/parallel.md) ----
+
+// One job on the demo pipeline (one CPU worker, one rank).
+Bytes demo_pipeline_run(const pb::GenerateRequest& r) {
+  Harness h(demo_pipeline());
+  return h.run(r);
+}
+
+// The largest per-channel difference between two decoded videos.
+int max_frame_diff(const Bytes& a, const Bytes& b) {
+  const media::DecodedVideo x = media::decode_mp4(a), y = media::decode_mp4(b);
+  EXPECT_EQ(x.frames_rgb24.size(), y.frames_rgb24.size());
+  int diff = 0;
+  for (size_t f = 0; f < std::min(x.frames_rgb24.size(), y.frames_rgb24.size()); ++f)
+    for (size_t i = 0; i < x.frames_rgb24[f].size(); ++i)
+      diff = std::max(diff, std::abs(static_cast<int>(x.frames_rgb24[f][i]) - static_cast<int>(y.frames_rgb24[f][i])));
+  return diff;
+}
+
+TEST(Groups, ATwoRankCpuGroupMakesTheSameVideoAsOneRank) {
+  PipelineOptions o;
+  o.use_cuda = false;
+  o.group_sizes = {2, 1};  // two workers: a group of 2 CPU ranks, and a single CPU rank
+  ModelPipeline p(ServingConfig::from_file(kConfig), o);
+  p.load();
+  ASSERT_EQ(p.num_workers(), 2);
+  EXPECT_EQ(p.worker_name(0), "cpu0");
+  // A real scheduler over both workers: the same request submitted twice at once runs on both.
+  SchedulerOptions so;
+  so.num_workers = 2;
+  std::mutex mu;
+  std::map<std::string, std::pair<int, pb::JobCompleted>> done;
+  Scheduler sched(so, [&](JobContext& ctx) {
+    const auto& req = std::any_cast<const pb::GenerateRequest&>(ctx.payload());
+    pb::JobCompleted c = p.run(ctx, req);
+    std::lock_guard<std::mutex> lk(mu);
+    done[ctx.job_id()] = {ctx.worker(), c};
+  });
+  pb::GenerateRequest r = tiny_request(99);
+  r.set_steps(6);
+  r.set_teacache_threshold(0.5f);
+  r.mutable_sta()->set_kind(pb::StaMode::KIND_STRATEGY);
+  r.mutable_sta()->set_strategy("tiny-sta");
+  r.set_preview_every_steps(3);
+  const pb::GenerateRequest n = p.normalize(r, RequestLimits{});
+  std::vector<std::string> ids;
+  for (int i = 0; i < 2; ++i) {
+    JobSpec spec;
+    spec.payload = n;
+    ids.push_back(sched.submit(std::move(spec)));
+  }
+  std::map<int, Bytes> video;
+  std::map<int, pb::JobCompleted> summary;
+  for (const std::string& id : ids) {
+    const auto snap = sched.wait(id, kWait);
+    ASSERT_TRUE(snap && snap->state == JobState::Succeeded) << (snap ? snap->error_message : "no snapshot");
+    std::lock_guard<std::mutex> lk(mu);
+    video[done[id].first] = *snap->result;
+    summary[done[id].first] = done[id].second;
+  }
+  ASSERT_EQ(video.size(), 2u) << "both workers should have run one job";
+  EXPECT_EQ(summary[0].seed(), 99u);
+  EXPECT_EQ(summary[0].teacache_skipped_steps(), summary[1].teacache_skipped_steps());
+  EXPECT_GT(summary[0].teacache_skipped_steps(), 0u);
+  EXPECT_EQ(summary[0].sta_sparsity(), summary[1].sta_sparsity());
+  EXPECT_EQ(summary[0].frames(), 9u);
+  EXPECT_LE(max_frame_diff(video[0], video[1]), 1);
+}
+
+TEST(Groups, AGroupSizeThatDoesNotDivideTheHeadsIsRejected) {
+  PipelineOptions o;
+  o.use_cuda = false;
+  o.group_sizes = {3};  // the fixtures have 2 heads
+  ModelPipeline p(ServingConfig::from_file(kConfig), o);
+  try {
+    p.load();
+    FAIL() << "a group of 3 ranks was accepted for 2-head models";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_NE(e.message().find("does not divide the model's 2 attention heads"), std::string::npos) << e.message();
+  }
+  o.group_sizes = {0};
+  EXPECT_THROW(ModelPipeline(ServingConfig::from_file(kConfig), o), Error);
+}
+
+TEST(Groups, CancelAndFaultInAGroupLeaveItServing) {
+  PipelineOptions o;
+  o.use_cuda = false;
+  o.group_sizes = {2};
+  o.fault.at_step = 1;
+  o.fault.prompt_marker = "FAULT";
+  ModelPipeline p(ServingConfig::from_file(kConfig), o);
+  p.load();
+  Harness h(p);
+  pb::GenerateRequest bad = tiny_request();
+  bad.set_prompt("please FAULT here");
+  const JobSnapshot failed = h.wait(h.submit(bad));
+  EXPECT_EQ(failed.state, JobState::Failed);
+  EXPECT_EQ(failed.error_code, StatusCode::Internal);
+  EXPECT_NE(failed.error_message.find("fault injection"), std::string::npos) << failed.error_message;
+
+  Gate gate;
+  h.set_gate(&gate);
+  pb::GenerateRequest r = tiny_request();
+  r.set_steps(30);
+  const std::string id = h.submit(r);
+  std::atomic<int> last_step{-1};
+  Subscription sub = h.scheduler().subscribe(id, [&](const JobEvent& e) {
+    if (e.kind == JobEvent::Kind::Step) {
+      last_step = e.step_index;
+      if (e.step_index == 2) h.scheduler().cancel(id);
+    }
+  });
+  gate.open();
+  const JobSnapshot cancelled = h.wait(id);
+  EXPECT_EQ(cancelled.state, JobState::Cancelled);
+  EXPECT_LE(last_step.load(), 3);
+  h.set_gate(nullptr);
+  // The group's communicators were rebuilt: it serves again, and gives the one-rank video.
+  EXPECT_LE(max_frame_diff(h.run(tiny_request()), demo_pipeline_run(tiny_request())), 1);
+}
+
 }  // namespace
 }  // namespace stavid::server

@@ -746,7 +746,11 @@ TEST(ServerFlags, ParseAndReject) {
   EXPECT_TRUE(c.stub);
   EXPECT_EQ(c.stub_options.step_time, std::chrono::microseconds(3000));
   EXPECT_TRUE(c.metrics_listen.empty());
+  EXPECT_TRUE(c.gpu_groups.empty());
+  EXPECT_EQ(parse_server_flags({"--gpu-groups=4,2,1,1"}).gpu_groups, (std::vector<int>{4, 2, 1, 1}));
+  EXPECT_EQ(parse_server_flags({"--gpu-groups", "8"}).gpu_groups, (std::vector<int>{8}));
   for (const std::vector<std::string>& bad : std::vector<std::vector<std::string>>{
+           {"--gpu-groups=4,0"}, {"--gpu-groups="}, {"--gpu-groups=2,x"},
            {"--nope"}, {"--max-queue=0"}, {"--max-queue=-3"}, {"--max-steps=abc"}, {"--listen"},
            {"--tls-cert=a.pem"}, {"--tls-client-ca=ca.pem"}, {"--stub=1"}, {"positional"},
            {"--auth-token-file=/nonexistent/token"}}) {

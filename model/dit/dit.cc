@@ -134,9 +134,8 @@ bool all_equal(const std::vector<int32_t>& v) {
 
 void HunyuanDit::attention(const State& s, int layer, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                            const StaGeometry& geom, const Buffer& windows, size_t window_offset,
-                           const std::vector<StaWindow>& host_windows) const {
-  const int32_t heads = config_.num_attention_heads, hd = config_.attention_head_dim;
-  (void)layer;
+                           const std::vector<StaWindow>& host_windows, int32_t heads) const {
+  const int32_t hd = config_.attention_head_dim;
   const int64_t seq = geom.seq_len();
   StaAttentionParams p;
   for (int64_t* st : {p.q_stride, p.k_stride, p.v_stride}) {
@@ -171,7 +170,14 @@ void HunyuanDit::attention(const State& s, int layer, const Tensor& q, const Ten
   if (probe_ && layer >= 0) probe_candidates(s, layer, q, k, v, out, geom);
 }
 
+void HunyuanDit::set_communicator(parallel::Communicator* comm) {
+  if (comm) parallel::check_head_split(config_.num_attention_heads, comm->size());
+  STAVID_CHECK(!comm || comm->size() == 1 || !probe_, "DiT: calibration probes run on one rank only");
+  comm_ = comm;
+}
+
 void HunyuanDit::set_probe(AttentionProbe* probe) {
+  STAVID_CHECK(!probe || !comm_ || comm_->size() == 1, "DiT: calibration probes run on one rank only");
   probe_ = probe;
   if (!probe) return;
   STAVID_CHECK(!probe->candidates.empty(), "calibration: no candidate windows");
@@ -195,7 +201,7 @@ void HunyuanDit::probe_candidates(const State& s, int layer, const Tensor& q, co
   const Stream stream = rt::current_stream(device_);
   const size_t esz = dtype_size(dtype_);
   for (size_t c = 0; c < ncand; ++c) {
-    attention(s, -1, q, k, v, cand, geom, probe_->windows, c * heads, probe_->host_windows);
+    attention(s, -1, q, k, v, cand, geom, probe_->windows, c * heads, probe_->host_windows, heads);
     for (int32_t b = 0; b < s.batch; ++b) {
       GroupSqDiffParams g;
       g.a = static_cast<const char*>(out.data()) + b * out.stride(0) * static_cast<int64_t>(esz);
@@ -262,7 +268,7 @@ Tensor HunyuanDit::refine_text(const Tensor& text_states, const std::vector<int3
     qp.device = device_;
     qkv_prepare(qp, rt::current_stream(device_));
     Tensor o = Tensor::empty({b, l, d}, dtype_, device_);
-    attention(s, -1, q, k, v, o, geom, windows, 0, host_windows);
+    attention(s, -1, q, k, v, o, geom, windows, 0, host_windows, heads);
     ops::gated_residual_(x, linear(o, blk.out), chunk(mod, 0, d));
     const Tensor h2 = ops::layer_norm(x, blk.norm2_w, blk.norm2_b, 1e-6f);
     ops::gated_residual_(x, linear(ops::silu(linear(h2, blk.ff1)), blk.ff2), chunk(mod, 1, d));
@@ -296,11 +302,15 @@ HunyuanDit::State HunyuanDit::embed(const DitInputs& in, const AttentionPlan& pl
   s.layout = layout_for(grid, plan.tile, l);
   const TokenLayout& lay = *s.layout;
 
-  // Windows of every layer and head, uploaded once per forward.
+  // This rank's image rows and heads (all of them without a group).
   const int32_t heads = c.num_attention_heads, layers = c.total_layers();
-  s.host_windows.resize(static_cast<size_t>(layers) * heads);
+  s.split = parallel::make_sequence_split(lay.n_img, heads, comm_ ? comm_->rank() : 0, comm_ ? comm_->size() : 1);
+  const int32_t hk = s.split.heads_per_rank;
+
+  // Windows of every layer and of this rank's heads, uploaded once per forward.
+  s.host_windows.resize(static_cast<size_t>(layers) * hk);
   for (int32_t li = 0; li < layers; ++li)
-    for (int32_t h = 0; h < heads; ++h) {
+    for (int32_t h = s.split.head_begin; h < s.split.head_begin + hk; ++h) {
       StaWindow w{lay.geom.grid[0], lay.geom.grid[1], lay.geom.grid[2]};  // dense: the whole grid
       if (!plan.dense()) {
         STAVID_CHECK(static_cast<int32_t>(plan.windows.size()) == layers, "DiT: the attention plan has ",
@@ -309,7 +319,7 @@ HunyuanDit::State HunyuanDit::embed(const DitInputs& in, const AttentionPlan& pl
                      plan.windows[li].size(), " heads, the model ", heads);
         w = plan.windows[li][h];
       }
-      s.host_windows[static_cast<size_t>(li) * heads + h] = w;
+      s.host_windows[static_cast<size_t>(li) * hk + (h - s.split.head_begin)] = w;
     }
   s.windows = Buffer::from_vector(s.host_windows, device_);
 
@@ -342,7 +352,8 @@ HunyuanDit::State HunyuanDit::embed(const DitInputs& in, const AttentionPlan& pl
   pp.token_dtype = dtype_;
   pp.device = device_;
   patchify(pp, rt::current_stream(device_));
-  s.img = linear(patches, w_.x_embed);  // [B, N_img, D]
+  // [B, N_r, D]: this rank's rows (all N_img without a group)
+  s.img = linear(s.split.parallel() ? patches.slice(1, s.split.row_begin, s.split.row_end) : patches, w_.x_embed);
 
   // Token refiner (spec 2.3).
   s.txt = refine_text(in.text_states, in.text_len, t_emb);  // [B, L, D]
@@ -362,8 +373,9 @@ const Tensor& HunyuanDit::block0_modulated_input(State& s) {
 void HunyuanDit::dual_block(State& s, int index) {
   const DualBlock& blk = w_.dual[index];
   const TokenLayout& lay = *s.layout;
-  const int64_t d = config_.hidden(), n = lay.n_img, l = s.txt.size(1), b = s.batch;
-  const int32_t heads = config_.num_attention_heads, hd = config_.attention_head_dim;
+  const parallel::SequenceSplit& sp = s.split;
+  const int64_t d = config_.hidden(), n = lay.n_img, nr = s.img.size(1), l = s.txt.size(1), b = s.batch;
+  const int32_t heads = config_.num_attention_heads, hd = config_.attention_head_dim, hk = sp.heads_per_rank;
   const Tensor img_mod = linear(s.silu_vec, blk.img_mod);  // [B, 6D]: shift1 scale1 gate1 shift2 scale2 gate2
   const Tensor txt_mod = linear(s.silu_vec, blk.txt_mod);
   Tensor h_img = (index == 0 && s.block0_modulated.defined())
@@ -371,34 +383,48 @@ void HunyuanDit::dual_block(State& s, int index) {
                      : ops::layer_norm_modulated(s.img, chunk(img_mod, 1, d), chunk(img_mod, 0, d), 1e-6f);
   s.block0_modulated = Tensor();
   const Tensor h_txt = ops::layer_norm_modulated(s.txt, chunk(txt_mod, 1, d), chunk(txt_mod, 0, d), 1e-6f);
-  const Tensor qkv_img = linear(h_img, blk.img_qkv);  // [B, N, 3D]
-  const Tensor qkv_txt = linear(h_txt, blk.txt_qkv);  // [B, L, 3D]
+  Tensor qkv_img = linear(h_img, blk.img_qkv);  // [B, N_r, 3D]
+  Tensor qkv_txt = linear(h_txt, blk.txt_qkv);  // [B, L, 3D]
   h_img = Tensor();
+  if (sp.parallel()) {
+    qkv_img = parallel::gather_heads(*comm_, sp, qkv_img, heads, hd);  // [B, N, 3 * H/k * Dh]
+    qkv_txt = parallel::slice_heads(sp, qkv_txt, heads, hd);           // [B, L, 3 * H/k * Dh]
+  }
+  const int64_t row = 3LL * hk * hd;
 
   const int64_t seq = lay.geom.img_slots + l;
-  Tensor q = Tensor::empty({b, heads, seq, hd}, dtype_, device_), k = Tensor::empty(q.shape(), dtype_, device_),
+  Tensor q = Tensor::empty({b, hk, seq, hd}, dtype_, device_), k = Tensor::empty(q.shape(), dtype_, device_),
          v = Tensor::empty(q.shape(), dtype_, device_);
-  QkvPrepareParams qp = image_qkv_params(lay, q, k, v, static_cast<int32_t>(b), heads, hd, dtype_, device_);
+  QkvPrepareParams qp = image_qkv_params(lay, q, k, v, static_cast<int32_t>(b), hk, hd, dtype_, device_);
   qp.img = qkv_img.data();
-  qp.img_row_stride = 3 * d;
-  qp.img_batch_stride = n * 3 * d;
+  qp.img_row_stride = row;
+  qp.img_batch_stride = n * row;
   qp.txt = qkv_txt.data();
   qp.txt_rows = l;
-  qp.txt_row_stride = 3 * d;
-  qp.txt_batch_stride = l * 3 * d;
+  qp.txt_row_stride = row;
+  qp.txt_batch_stride = l * row;
   qp.q_norm_img = blk.img_q_norm.data();
   qp.k_norm_img = blk.img_k_norm.data();
   qp.q_norm_txt = blk.txt_q_norm.data();
   qp.k_norm_txt = blk.txt_k_norm.data();
   qkv_prepare(qp, rt::current_stream(device_));
+  qkv_img = qkv_txt = Tensor();
 
-  Tensor o = Tensor::empty({b, n + l, d}, dtype_, device_);  // compact image rows, then text rows
-  attention(s, index, q, k, v, o, lay.geom, s.windows, static_cast<size_t>(index) * heads, s.host_windows);
+  Tensor o = Tensor::empty({b, n + l, hk * hd}, dtype_, device_);  // compact image rows, then text rows
+  attention(s, index, q, k, v, o, lay.geom, s.windows, static_cast<size_t>(index) * hk, s.host_windows, hk);
   q = k = v = Tensor();
-
-  ops::gated_residual_(s.img, linear(o.slice(1, 0, n), blk.img_out), chunk(img_mod, 2, d));
-  ops::gated_residual_(s.txt, linear(o.slice(1, n, n + l), blk.txt_out), chunk(txt_mod, 2, d));
+  Tensor o_img = o.slice(1, 0, n), o_txt = o.slice(1, n, n + l);
+  if (sp.parallel()) {
+    Tensor rows = Tensor::empty({b, nr, d}, dtype_, device_);  // [B, N_r, D]: the rank's rows, every head
+    parallel::scatter_rows(*comm_, sp, o_img, rows);
+    o_img = rows;
+    o_txt = comm_->all_gather(o_txt, /*axis=*/2);  // [B, L, D]
+  }
   o = Tensor();
+
+  ops::gated_residual_(s.img, linear(o_img, blk.img_out), chunk(img_mod, 2, d));
+  ops::gated_residual_(s.txt, linear(o_txt, blk.txt_out), chunk(txt_mod, 2, d));
+  o_img = o_txt = Tensor();
   const Tensor m_img = ops::layer_norm_modulated(s.img, chunk(img_mod, 4, d), chunk(img_mod, 3, d), 1e-6f);
   ops::gated_residual_(s.img, linear(linear(m_img, blk.img_ff1, /*gelu=*/true), blk.img_ff2), chunk(img_mod, 5, d));
   const Tensor m_txt = ops::layer_norm_modulated(s.txt, chunk(txt_mod, 4, d), chunk(txt_mod, 3, d), 1e-6f);
@@ -408,42 +434,68 @@ void HunyuanDit::dual_block(State& s, int index) {
 void HunyuanDit::single_block(State& s, int index) {
   const SingleBlock& blk = w_.single[index];
   const TokenLayout& lay = *s.layout;
-  const int64_t d = config_.hidden(), f = config_.mlp_hidden(), n = lay.n_img, b = s.batch;
-  const int64_t l = s.joined.size(1) - n;
-  const int32_t heads = config_.num_attention_heads, hd = config_.attention_head_dim;
+  const parallel::SequenceSplit& sp = s.split;
+  const int64_t d = config_.hidden(), f = config_.mlp_hidden(), n = lay.n_img, nr = sp.local_rows(), b = s.batch;
+  const int64_t l = s.joined.size(1) - nr;
+  const int32_t heads = config_.num_attention_heads, hd = config_.attention_head_dim, hk = sp.heads_per_rank;
   const Tensor mod = linear(s.silu_vec, blk.mod);  // [B, 3D]: shift, scale, gate
   const Tensor h = ops::layer_norm_modulated(s.joined, chunk(mod, 1, d), chunk(mod, 0, d), 1e-6f);
-  const Tensor qkv = linear(h, blk.qkv);  // [B, N+L, 3D]
+  const Tensor qkv = linear(h, blk.qkv);  // [B, N_r+L, 3D]
   // concat(attention output, gelu(mlp)) is built in place: the MLP GEMM writes its GELU output into
-  // the right-hand columns and the attention kernel writes into the left-hand ones.
-  Tensor cat = Tensor::empty({b, n + l, d + f}, dtype_, device_);
+  // the right-hand columns and the attention (or, in parallel, the inverse all-to-all) into the
+  // left-hand ones.
+  Tensor cat = Tensor::empty({b, nr + l, d + f}, dtype_, device_);
   Tensor mlp_view = cat.slice(2, d, d + f);
   ops::linear_into(h, blk.mlp_in.w, blk.mlp_in.b, ops::Activation::GeluTanh, mlp_view);
 
   const int64_t seq = lay.geom.img_slots + l;
-  Tensor q = Tensor::empty({b, heads, seq, hd}, dtype_, device_), k = Tensor::empty(q.shape(), dtype_, device_),
+  Tensor q = Tensor::empty({b, hk, seq, hd}, dtype_, device_), k = Tensor::empty(q.shape(), dtype_, device_),
          v = Tensor::empty(q.shape(), dtype_, device_);
-  QkvPrepareParams qp = image_qkv_params(lay, q, k, v, static_cast<int32_t>(b), heads, hd, dtype_, device_);
-  qp.img = qkv.data();
-  qp.img_row_stride = 3 * d;
-  qp.img_batch_stride = (n + l) * 3 * d;
-  qp.txt = static_cast<const char*>(qkv.data()) + n * 3 * d * static_cast<int64_t>(dtype_size(dtype_));
+  QkvPrepareParams qp = image_qkv_params(lay, q, k, v, static_cast<int32_t>(b), hk, hd, dtype_, device_);
+  Tensor img_src, txt_src;
+  if (sp.parallel()) {
+    img_src = parallel::gather_heads(*comm_, sp, qkv.slice(1, 0, nr), heads, hd);  // [B, N, 3 * H/k * Dh]
+    txt_src = parallel::slice_heads(sp, qkv.slice(1, nr, nr + l), heads, hd);      // [B, L, 3 * H/k * Dh]
+    const int64_t row = 3LL * hk * hd;
+    qp.img = img_src.data();
+    qp.img_row_stride = row;
+    qp.img_batch_stride = n * row;
+    qp.txt = txt_src.data();
+    qp.txt_row_stride = row;
+    qp.txt_batch_stride = l * row;
+  } else {
+    qp.img = qkv.data();
+    qp.img_row_stride = 3 * d;
+    qp.img_batch_stride = (n + l) * 3 * d;
+    qp.txt = static_cast<const char*>(qkv.data()) + n * 3 * d * static_cast<int64_t>(dtype_size(dtype_));
+    qp.txt_row_stride = 3 * d;
+    qp.txt_batch_stride = (n + l) * 3 * d;
+  }
   qp.txt_rows = l;
-  qp.txt_row_stride = 3 * d;
-  qp.txt_batch_stride = (n + l) * 3 * d;
   qp.q_norm_img = qp.q_norm_txt = blk.q_norm.data();
   qp.k_norm_img = qp.k_norm_txt = blk.k_norm.data();
   qkv_prepare(qp, rt::current_stream(device_));
+  img_src = txt_src = Tensor();
   Tensor attn_view = cat.slice(2, 0, d);
   const int layer = config_.num_layers + index;
-  attention(s, layer, q, k, v, attn_view, lay.geom, s.windows, static_cast<size_t>(layer) * heads, s.host_windows);
-  q = k = v = Tensor();
+  const size_t window_offset = static_cast<size_t>(layer) * hk;
+  if (sp.parallel()) {
+    Tensor o = Tensor::empty({b, n + l, hk * hd}, dtype_, device_);  // the rank's heads, every row
+    attention(s, layer, q, k, v, o, lay.geom, s.windows, window_offset, s.host_windows, hk);
+    q = k = v = Tensor();
+    Tensor img_cols = attn_view.slice(1, 0, nr), txt_cols = attn_view.slice(1, nr, nr + l);
+    parallel::scatter_rows(*comm_, sp, o.slice(1, 0, n), img_cols);
+    comm_->all_gather_into(o.slice(1, n, n + l), /*axis=*/2, txt_cols);
+  } else {
+    attention(s, layer, q, k, v, attn_view, lay.geom, s.windows, window_offset, s.host_windows, hk);
+    q = k = v = Tensor();
+  }
   ops::gated_residual_(s.joined, linear(cat, blk.out), chunk(mod, 2, d));
 }
 
 void HunyuanDit::blocks(State& s) {
   for (int i = 0; i < config_.num_layers; ++i) dual_block(s, i);
-  const int64_t n = s.layout->n_img, l = s.txt.size(1), d = config_.hidden();
+  const int64_t n = s.img.size(1), l = s.txt.size(1), d = config_.hidden();  // n: this rank's image rows
   s.joined = Tensor::empty({s.batch, n + l, d}, dtype_, device_);
   s.joined.slice(1, 0, n).copy_from(s.img);
   s.joined.slice(1, n, n + l).copy_from(s.txt);
@@ -459,7 +511,8 @@ Tensor HunyuanDit::final_layer(const State& s, const Tensor& img) const {
   const int64_t d = c.hidden();
   const Tensor mod = linear(s.silu_vec, w_.norm_out);  // [B, 2D], rows [scale; shift] (diffusers order)
   const Tensor y = ops::layer_norm_modulated(img, chunk(mod, 0, d), chunk(mod, 1, d), 1e-6f);
-  const Tensor tokens = linear(y, w_.proj_out);  // [B, N, C_out * pt * ph * pw]
+  Tensor tokens = linear(y, w_.proj_out);  // [B, N_r, C_out * pt * ph * pw]
+  if (s.split.parallel()) tokens = comm_->all_gather(tokens, /*axis=*/1, s.split.rows);  // [B, N, ...]
   const int32_t frames = lay.grid[0] * c.patch_size_t, height = lay.grid[1] * c.patch_size,
                 width = lay.grid[2] * c.patch_size;
   Tensor out = Tensor::empty({s.batch, c.out_channels, frames, height, width}, DType::F32, device_);

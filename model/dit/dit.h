@@ -6,6 +6,12 @@
 // unpatchify reads it, and the attention kernel maps slots to these rows (o_row_map), so tiling
 // happens once per forward, not per block. Text tokens follow the image tokens where both streams
 // are joined (attention output, single blocks).
+//
+// Sequence parallel (set_communicator, docs/parallel.md): with a group of k ranks, each rank's model
+// holds a contiguous 1/k of the image rows (compact order) from the patch embedding to the final
+// projection, and the text rows whole. Every attention swaps rows for heads with an all-to-all
+// (Ulysses), runs STA over the whole grid for its H/k heads with their own windows, and swaps back;
+// final_layer gathers the rows, so the velocity is whole (and identical) on every rank.
 #pragma once
 
 #include <array>
@@ -17,6 +23,7 @@
 #include "kernels/sta.h"
 #include "model/dit/config.h"
 #include "model/dit/weights.h"
+#include "model/parallel/ulysses.h"
 #include "model/runtime/buffer.h"
 #include "model/runtime/tensor.h"
 
@@ -84,8 +91,9 @@ class HunyuanDit {
     Tensor txt;       // [B, L, D]
     Tensor joined;    // [B, N_img + L, D] during the single blocks
     Tensor block0_modulated;  // cached TeaCache indicator (dual block 0's modulated image input)
-    Buffer windows;           // StaWindow [total_layers][heads] on the device
+    Buffer windows;           // StaWindow [total_layers][heads of this rank] on the device
     std::vector<StaWindow> host_windows;
+    parallel::SequenceSplit split;  // this rank's image rows and heads (all of both without a group)
   };
 
   // Embeddings, patchify, token refiner.
@@ -108,6 +116,11 @@ class HunyuanDit {
 
   // Installs (or, with nullptr, removes) a calibration probe; the caller owns it.
   void set_probe(AttentionProbe* probe);
+  // Makes this model one rank of a sequence-parallel group (nullptr or a group of 1: not parallel).
+  // The caller owns the communicator; every rank of the group must run the same forwards with the
+  // same inputs. Throws InvalidArgument when the group size does not divide the head count.
+  void set_communicator(parallel::Communicator* comm);
+  parallel::Communicator* communicator() const { return comm_; }
 
   std::shared_ptr<const TokenLayout> layout_for(const std::array<int32_t, 3>& grid, const std::array<int32_t, 3>& tile,
                                                 int32_t text_slots);
@@ -118,7 +131,7 @@ class HunyuanDit {
   // `layer` < 0: not a transformer block (the refiner): never probed.
   void attention(const State& s, int layer, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                  const StaGeometry& geom, const Buffer& windows, size_t window_offset,
-                 const std::vector<StaWindow>& host_windows) const;
+                 const std::vector<StaWindow>& host_windows, int32_t heads) const;
   void probe_candidates(const State& s, int layer, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const StaGeometry& geom) const;
 
@@ -128,6 +141,7 @@ class HunyuanDit {
   DType dtype_;
   std::map<std::array<int32_t, 7>, std::shared_ptr<TokenLayout>> layouts_;
   AttentionProbe* probe_ = nullptr;
+  parallel::Communicator* comm_ = nullptr;
 };
 
 // The 256-channel sinusoid of spec 2.0 (cos half, then sin half), fp32.

@@ -24,7 +24,14 @@ bool TeaCache::run_blocks(HunyuanDit& model, HunyuanDit::State& s) {
   bool compute = true;
   double rel = std::numeric_limits<double>::quiet_NaN();
   if (prev_modulated_.defined()) {
-    const auto [diff, mag] = ops::abs_sums(m, prev_modulated_);
+    auto [diff, mag] = ops::abs_sums(m, prev_modulated_);
+    if (parallel::Communicator* comm = model.communicator(); comm && comm->size() > 1) {
+      // Each rank holds its own image rows: sum the statistic over the group (added in rank order,
+      // the same bits everywhere), so every rank makes the same decision.
+      const std::vector<double> sums = comm->all_reduce_sum({diff, mag});
+      diff = sums[0];
+      mag = sums[1];
+    }
     rel = mag > 0 ? diff / mag : std::numeric_limits<double>::infinity();
   }
   if (counter_ == 0 || counter_ == num_steps_ - 1 || !residual_.defined() || opt_.threshold <= 0.f) {

@@ -7,6 +7,8 @@
 //   else acc += poly(rel); acc < threshold: skip; else compute, acc = 0
 //   m_prev = m on every call. Computed steps store residual = img_after_blocks - img_before_blocks;
 //   skipped steps use img + residual. The final layer always runs.
+// In a sequence-parallel group (HunyuanDit::set_communicator) each rank holds its own image rows,
+// so the two sums of rel are all-reduced over the group first: every rank takes the same decision.
 #pragma once
 
 #include <array>

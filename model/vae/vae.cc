@@ -490,15 +490,16 @@ Tensor VaeDecoder::decode_chunked(const Tensor& z, int32_t chunk_latent_frames, 
   return out;
 }
 
-Tensor VaeDecoder::decode_tiled(const Tensor& z, const DecodePlan& plan, const ChunkHook& before_chunk) {
-  const int64_t t = z.size(2), h = z.size(3), w = z.size(4), s = config_.spatial_compression_ratio;
-  const int32_t chunk = plan.chunk_latent_frames > 0 ? plan.chunk_latent_frames : static_cast<int32_t>(t);
-  const int64_t th = plan.tile_h > 0 ? std::min<int64_t>(plan.tile_h, h) : h;
-  const int64_t tw = plan.tile_w > 0 ? std::min<int64_t>(plan.tile_w, w) : w;
-  if (th == h && tw == w) return decode_chunked(z, chunk, before_chunk);
-  const int64_t ov_h = th < h ? std::min<int64_t>(plan.overlap, th - 1) : 0;
-  const int64_t ov_w = tw < w ? std::min<int64_t>(plan.overlap, tw - 1) : 0;
-  STAVID_CHECK(ov_h >= 0 && ov_w >= 0, "VAE: bad tile overlap");
+VaeDecoder::TileSet VaeDecoder::tile_set(const Shape& z_shape, const DecodePlan& plan) const {
+  STAVID_CHECK(z_shape.size() == 5, "VAE: latents must be [B, C, T, h, w], got ", shape_str(z_shape));
+  const int64_t t = z_shape[2], h = z_shape[3], w = z_shape[4];
+  TileSet ts;
+  ts.chunk_latent_frames = plan.chunk_latent_frames > 0 ? plan.chunk_latent_frames : static_cast<int32_t>(t);
+  ts.tile_h = plan.tile_h > 0 ? std::min<int64_t>(plan.tile_h, h) : h;
+  ts.tile_w = plan.tile_w > 0 ? std::min<int64_t>(plan.tile_w, w) : w;
+  ts.overlap_h = ts.tile_h < h ? std::min<int64_t>(plan.overlap, ts.tile_h - 1) : 0;
+  ts.overlap_w = ts.tile_w < w ? std::min<int64_t>(plan.overlap, ts.tile_w - 1) : 0;
+  STAVID_CHECK(ts.overlap_h >= 0 && ts.overlap_w >= 0, "VAE: bad tile overlap");
   // Tile origins: a regular stride of (tile - overlap), the last tile flush with the edge.
   auto origins = [](int64_t size, int64_t tile, int64_t ov) {
     std::vector<int64_t> o;
@@ -512,36 +513,92 @@ Tensor VaeDecoder::decode_tiled(const Tensor& z, const DecodePlan& plan, const C
     }
     return o;
   };
-  const auto oy = origins(h, th, ov_h), ox = origins(w, tw, ov_w);
-  const int64_t frames = config_.video_frames(t);
-  // Accumulate weighted tiles and the weights on the host, then normalize (fp32).
-  std::vector<float> acc(static_cast<size_t>(z.size(0) * config_.out_channels * frames * h * s * w * s), 0.f);
-  std::vector<float> wsum(static_cast<size_t>(h * s * w * s), 0.f);
-  const int64_t ph = th * s, pw = tw * s, oh_px = ov_h * s, ow_px = ov_w * s;
-  auto ramp = [](int64_t i, int64_t n, int64_t ov, bool lo_edge, bool hi_edge) {
+  ts.origin_y = origins(h, ts.tile_h, ts.overlap_h);
+  ts.origin_x = origins(w, ts.tile_w, ts.overlap_w);
+  return ts;
+}
+
+int64_t VaeDecoder::tile_numel(const Shape& z_shape, const TileSet& tiles) const {
+  const int64_t s = config_.spatial_compression_ratio;
+  return z_shape[0] * config_.out_channels * config_.video_frames(z_shape[2]) * tiles.tile_h * s * tiles.tile_w * s;
+}
+
+std::vector<float> VaeDecoder::decode_tile(const Tensor& z, const TileSet& tiles, size_t index,
+                                           const ChunkHook& before_chunk) {
+  STAVID_CHECK(index < tiles.count(), "VAE: tile ", index, " of ", tiles.count());
+  const int64_t y0 = tiles.origin_y[index / tiles.origin_x.size()], x0 = tiles.origin_x[index % tiles.origin_x.size()];
+  const Tensor zt = z.slice(3, y0, y0 + tiles.tile_h).slice(4, x0, x0 + tiles.tile_w).contiguous();
+  return decode_chunked(zt, tiles.chunk_latent_frames, before_chunk).to_host_f32();  // [B, C, F, ph, pw]
+}
+
+namespace {
+
+// Accumulates weighted tiles and the weights on the host (fp32), tile by tile in tile order, then
+// normalizes: the blend of decode_tiled and blend_tiles (the same additions in the same order).
+class TileBlender {
+ public:
+  TileBlender(const Shape& z_shape, const VaeDecoder::TileSet& tiles, int64_t channels, int64_t frames, int64_t s)
+      : tiles_(tiles), s_(s), h_(z_shape[3]), w_(z_shape[4]), planes_(z_shape[0] * channels * frames),
+        shape_{z_shape[0], channels, frames, z_shape[3] * s, z_shape[4] * s},
+        acc_(static_cast<size_t>(planes_ * h_ * s * w_ * s), 0.f), wsum_(static_cast<size_t>(h_ * s * w_ * s), 0.f) {}
+
+  void add(size_t index, const float* tile) {  // tile: [B, C, F, ph, pw]
+    const auto& oy = tiles_.origin_y;
+    const auto& ox = tiles_.origin_x;
+    const size_t iy = index / ox.size(), ix = index % ox.size();
+    const int64_t ph = tiles_.tile_h * s_, pw = tiles_.tile_w * s_, oh_px = tiles_.overlap_h * s_,
+                  ow_px = tiles_.overlap_w * s_;
+    const int64_t y0 = oy[iy] * s_, x0 = ox[ix] * s_, row = w_ * s_;
+    for (int64_t yy = 0; yy < ph; ++yy) {
+      const float ry = ramp(yy, ph, oh_px, iy == 0, iy + 1 == oy.size());
+      for (int64_t xx = 0; xx < pw; ++xx) {
+        const float wgt = ry * ramp(xx, pw, ow_px, ix == 0, ix + 1 == ox.size());
+        wsum_[(y0 + yy) * row + x0 + xx] += wgt;
+        for (int64_t bcf = 0; bcf < planes_; ++bcf)
+          acc_[(bcf * h_ * s_ + y0 + yy) * row + x0 + xx] += wgt * tile[(bcf * ph + yy) * pw + xx];
+      }
+    }
+  }
+
+  Tensor finish(Device device) {
+    const int64_t px_count = h_ * s_ * w_ * s_;
+    for (int64_t bcf = 0; bcf < planes_; ++bcf)
+      for (int64_t px = 0; px < px_count; ++px) acc_[bcf * px_count + px] /= wsum_[px];
+    return Tensor::from_host(acc_, shape_, DType::F32, device);
+  }
+
+ private:
+  // The weight of a tile ramps from 0 to 1 across an overlap (not at the video's edges).
+  static float ramp(int64_t i, int64_t n, int64_t ov, bool lo_edge, bool hi_edge) {
     float r = 1.f;
     if (!lo_edge && ov > 0 && i < ov) r = std::min(r, static_cast<float>(i + 1) / static_cast<float>(ov + 1));
     if (!hi_edge && ov > 0 && i >= n - ov) r = std::min(r, static_cast<float>(n - i) / static_cast<float>(ov + 1));
     return r;
-  };
-  for (size_t iy = 0; iy < oy.size(); ++iy)
-    for (size_t ix = 0; ix < ox.size(); ++ix) {
-      const Tensor zt = z.slice(3, oy[iy], oy[iy] + th).slice(4, ox[ix], ox[ix] + tw).contiguous();
-      const std::vector<float> tile = decode_chunked(zt, chunk, before_chunk).to_host_f32();  // [B, C, F, ph, pw]
-      const int64_t y0 = oy[iy] * s, x0 = ox[ix] * s;
-      for (int64_t yy = 0; yy < ph; ++yy) {
-        const float ry = ramp(yy, ph, oh_px, iy == 0, iy + 1 == oy.size());
-        for (int64_t xx = 0; xx < pw; ++xx) {
-          const float wgt = ry * ramp(xx, pw, ow_px, ix == 0, ix + 1 == ox.size());
-          wsum[(y0 + yy) * w * s + x0 + xx] += wgt;
-          for (int64_t bcf = 0; bcf < z.size(0) * config_.out_channels * frames; ++bcf)
-            acc[(bcf * h * s + y0 + yy) * w * s + x0 + xx] += wgt * tile[(bcf * ph + yy) * pw + xx];
-        }
-      }
-    }
-  for (int64_t bcf = 0; bcf < z.size(0) * config_.out_channels * frames; ++bcf)
-    for (int64_t px = 0; px < h * s * w * s; ++px) acc[bcf * h * s * w * s + px] /= wsum[px];
-  return Tensor::from_host(acc, {z.size(0), config_.out_channels, frames, h * s, w * s}, DType::F32, device_);
+  }
+
+  const VaeDecoder::TileSet& tiles_;
+  int64_t s_, h_, w_, planes_;
+  Shape shape_;
+  std::vector<float> acc_, wsum_;
+};
+
+}  // namespace
+
+Tensor VaeDecoder::blend_tiles(const Shape& z_shape, const TileSet& tiles, const std::vector<const float*>& outputs) const {
+  STAVID_CHECK(outputs.size() == tiles.count(), "VAE: ", outputs.size(), " tile outputs for ", tiles.count(), " tiles");
+  TileBlender blend(z_shape, tiles, config_.out_channels, config_.video_frames(z_shape[2]),
+                    config_.spatial_compression_ratio);
+  for (size_t i = 0; i < tiles.count(); ++i) blend.add(i, outputs[i]);
+  return blend.finish(device_);
+}
+
+Tensor VaeDecoder::decode_tiled(const Tensor& z, const DecodePlan& plan, const ChunkHook& before_chunk) {
+  const TileSet tiles = tile_set(z.shape(), plan);
+  if (tiles.count() == 1) return decode_chunked(z, tiles.chunk_latent_frames, before_chunk);
+  TileBlender blend(z.shape(), tiles, config_.out_channels, config_.video_frames(z.size(2)),
+                    config_.spatial_compression_ratio);
+  for (size_t i = 0; i < tiles.count(); ++i) blend.add(i, decode_tile(z, tiles, i, before_chunk).data());
+  return blend.finish(device_);
 }
 
 namespace {

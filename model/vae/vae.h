@@ -100,6 +100,22 @@ class VaeDecoder {
     int32_t overlap = 0;              // latent pixels shared by neighbouring tiles
   };
   Tensor decode_tiled(const Tensor& z, const DecodePlan& plan, const ChunkHook& before_chunk = {});
+  // decode_tiled in pieces, so the tiles can be spread over ranks (model/parallel/parallel_vae.h):
+  // the tile grid of a plan, one tile's decode, and the blend of every tile's output.
+  struct TileSet {
+    int32_t chunk_latent_frames = 0;
+    int64_t tile_h = 0, tile_w = 0, overlap_h = 0, overlap_w = 0;  // latent pixels
+    std::vector<int64_t> origin_y, origin_x;                       // tile origins, latent pixels
+    size_t count() const { return origin_y.size() * origin_x.size(); }  // tiles, row-major
+  };
+  TileSet tile_set(const Shape& z_shape, const DecodePlan& plan) const;
+  // Output elements of one tile: B * out_channels * frames * (8 tile_h) * (8 tile_w).
+  int64_t tile_numel(const Shape& z_shape, const TileSet& tiles) const;
+  // Tile `index` (row-major) through decode_chunked, as host fp32 [B, C, F, 8 tile_h, 8 tile_w].
+  std::vector<float> decode_tile(const Tensor& z, const TileSet& tiles, size_t index, const ChunkHook& before_chunk = {});
+  // decode_tiled's result from every tile's output (tile order; each tile_numel floats), blended
+  // linearly across the overlaps on the host. The result is on this decoder's device.
+  Tensor blend_tiles(const Shape& z_shape, const TileSet& tiles, const std::vector<const float*>& outputs) const;
   // Peak device bytes of decoding `z_shape` with `plan` (the output video included): a walk over the
   // decoder's allocations in program order, each rounded to the allocator's size class.
   size_t estimate_peak_bytes(const Shape& z_shape, const DecodePlan& plan) const;
