@@ -202,6 +202,7 @@ def stage_vae(args, spec, device, log):
     # Clips alternate between few frames at the native size and the full clip length (the decoder is causal and
     # convolutional; its mid-block attention sees every position).
     sizes = [(9 if not spec.toy else 5, spec.height, spec.width), (spec.frames, spec.height, spec.width)]
+    l1 = torch.tensor(float("nan"))  # reported as NaN when the budget allows no step
     while step < total and not budget.over():
         F_, H, W = sizes[step % 2]
         x = D.make_batch(g, B, F_, H, W, "train", device=device).video
