@@ -148,6 +148,7 @@ def stage_text(args, spec, device, log):
     budget = C.Budget(args.minutes)
     g = _gen(args.seed + step)
     total = args.steps or (60 if spec.toy else 1500)
+    lm = cls = torch.tensor(float("nan"))  # reported as NaN when the budget allows no step
     while step < total and not budget.over():
         specs = D.sample_specs(g, args.batch or (8 if spec.toy else 128), "train")
         prompts = [s.caption() for s in specs] + [""]
