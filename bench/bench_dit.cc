@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/core/error.h"
 #include "model/dit/dit.h"
 #include "model/runtime/allocator.h"
@@ -36,16 +37,8 @@ using namespace stavid::dit;
 
 namespace {
 
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, sep);) out.push_back(item);
-  return out;
-}
-
-double now_ms() {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+using bench::now_ms;
+using bench::split;
 }  // namespace
 
 int main(int argc, char** argv) {
