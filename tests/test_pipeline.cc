@@ -3,6 +3,7 @@
 // rejected with InvalidArgument naming it), the memory estimate, and run() through a real Scheduler:
 // a decodable MP4 of the requested size, stage/step events in order, previews, cancellation within one
 // step, same seed -> same bytes, STA sparsity, TeaCache, true CFG with text encoders, fault injection.
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <any>
