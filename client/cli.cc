@@ -98,6 +98,8 @@ stavid generate --prompt TEXT [options] --detach [--client-job-id ID]
                           DENSE_STEPS dense steps) or "strategy:NAME" (a calibrated strategy)
   --priority N            -10 .. 10, higher runs first
   --queue-timeout SECONDS give up if the job has not started by then
+  --gpu-group-size N      run on a worker whose GPU group has N devices (0 or omitted: the
+                          model's default group size, or any worker)
   --crf N, --preset NAME  H.264 quality (0..51, default 18) and x264 preset (default medium)
   -o, --output FILE       where to write the MP4 (required unless --detach); written only
                           once the size and SHA-256 verify, atomically (temporary file + rename)
@@ -148,6 +150,7 @@ constexpr FlagSpec kFlags[] = {
     {"queue-timeout", true}, {"crf", true},         {"preset", true},        {"true-cfg", true},
     {"detach", false},     {"client-job-id", true}, {"output", true},        {"state", true},
     {"limit", true},       {"page-token", true},    {"service", true},       {"round-robin", false},
+    {"gpu-group-size", true},
 };
 
 const std::set<std::string> kCommonFlags = {"server",  "token", "tls",   "ca",   "cert",       "key",
@@ -547,6 +550,7 @@ int cmd_generate(const Invocation& inv) {
     req.set_priority(static_cast<int32_t>(parse_i64("priority", inv.get("priority"), INT32_MIN, INT32_MAX)));
   }
   if (inv.has("queue-timeout")) req.set_queue_timeout_seconds(parse_u32("queue-timeout", inv.get("queue-timeout")));
+  if (inv.has("gpu-group-size")) req.set_gpu_group_size(parse_u32("gpu-group-size", inv.get("gpu-group-size")));
   if (inv.has("crf")) req.mutable_output()->set_crf(parse_u32("crf", inv.get("crf")));
   if (inv.has("preset")) req.mutable_output()->set_preset(inv.get("preset"));
 
@@ -767,7 +771,7 @@ const std::vector<CommandSpec>& commands() {
        0,
        {"prompt", "model", "negative-prompt", "frames", "height", "width", "steps", "seed", "guidance",
         "shift", "fps", "teacache", "sta", "priority", "queue-timeout", "crf", "preset", "true-cfg",
-        "detach", "client-job-id", "output"},
+        "gpu-group-size", "detach", "client-job-id", "output"},
        kGenerateHelp,
        cmd_generate},
       {{"jobs", "list"}, 0, {"state", "limit", "page-token"}, kJobsListHelp, cmd_jobs_list},

@@ -25,6 +25,7 @@
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
+#include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/metric_family.h>
 #include <prometheus/registry.h>
@@ -401,7 +402,7 @@ Metrics::Metrics(const std::string& listen_address, const std::string& version)
                    .Register(*registry_);
   jobs_ = &prometheus::BuildCounter()
                .Name("stavid_jobs_total")
-               .Help("Finished jobs by outcome (succeeded, failed, cancelled).")
+               .Help("Finished jobs by outcome (succeeded, failed, cancelled) and worker.")
                .Register(*registry_);
   job_seconds_ = &prometheus::BuildHistogram()
                       .Name("stavid_job_duration_seconds")
@@ -409,8 +410,12 @@ Metrics::Metrics(const std::string& listen_address, const std::string& version)
                       .Register(*registry_);
   stage_seconds_ = &prometheus::BuildHistogram()
                         .Name("stavid_stage_duration_seconds")
-                        .Help("Duration of one pipeline stage (text, denoise, decode, encode).")
+                        .Help("Duration of one pipeline stage (text, denoise, decode, encode), by worker.")
                         .Register(*registry_);
+  worker_group_size_ = &prometheus::BuildGauge()
+                            .Name("stavid_worker_group_size")
+                            .Help("Devices (GPUs, or CPU ranks) in each worker's group; 1 without sequence parallelism.")
+                            .Register(*registry_);
   queue_wait_ = &prometheus::BuildHistogram()
                      .Name("stavid_queue_wait_seconds")
                      .Help("Time a job waited in the queue before a worker took it.")
@@ -418,9 +423,8 @@ Metrics::Metrics(const std::string& listen_address, const std::string& version)
                      .Add({}, duration_buckets_seconds());
   step_seconds_ = &prometheus::BuildHistogram()
                        .Name("stavid_step_duration_seconds")
-                       .Help("Duration of one denoising step (TeaCache-skipped steps included).")
-                       .Register(*registry_)
-                       .Add({}, duration_buckets_seconds());
+                       .Help("Duration of one denoising step (TeaCache-skipped steps included), by worker.")
+                       .Register(*registry_);
   steps_ = &prometheus::BuildCounter()
                 .Name("stavid_denoise_steps_total")
                 .Help("Denoising steps run, skipped ones included.")
@@ -455,17 +459,22 @@ void Metrics::count_request(std::string_view rpc, std::string_view code) {
 
 void Metrics::observe_queue_wait(double seconds) { queue_wait_->Observe(seconds); }
 
-void Metrics::observe_job(std::string_view outcome, double seconds) {
-  jobs_->Add({{"outcome", std::string(outcome)}}).Increment();
+void Metrics::set_worker_groups(const std::vector<std::pair<std::string, int>>& workers) {
+  for (const auto& [name, size] : workers) worker_group_size_->Add({{"worker", name}}).Set(size);
+}
+
+void Metrics::observe_job(std::string_view outcome, double seconds, std::string_view worker) {
+  jobs_->Add({{"outcome", std::string(outcome)}, {"worker", std::string(worker)}}).Increment();
   job_seconds_->Add({{"outcome", std::string(outcome)}}, duration_buckets_seconds()).Observe(seconds);
 }
 
-void Metrics::observe_stage(std::string_view stage, double seconds) {
-  stage_seconds_->Add({{"stage", std::string(stage)}}, duration_buckets_seconds()).Observe(seconds);
+void Metrics::observe_stage(std::string_view stage, double seconds, std::string_view worker) {
+  stage_seconds_->Add({{"stage", std::string(stage)}, {"worker", std::string(worker)}}, duration_buckets_seconds())
+      .Observe(seconds);
 }
 
-void Metrics::observe_step(double seconds, bool skipped_by_teacache) {
-  step_seconds_->Observe(seconds);
+void Metrics::observe_step(double seconds, bool skipped_by_teacache, std::string_view worker) {
+  step_seconds_->Add({{"worker", std::string(worker)}}, duration_buckets_seconds()).Observe(seconds);
   steps_->Increment();
   if (skipped_by_teacache) skipped_steps_->Increment();
 }

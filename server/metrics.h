@@ -1,7 +1,7 @@
 // Prometheus metrics for the service (prometheus-cpp, Debian 1.0.1): prefix `stavid_`, base units
 // (seconds, bytes), counters end in `_total`, latency as histograms with buckets from 0.05 s to
 // 3600 s. Label values are small closed sets (RPC names, status code names, stages, outcomes,
-// worker states, GPU ordinals): never job ids or prompts. Gauges that describe the present (queue
+// worker states, GPU ordinals, worker names such as "gpu0-3" or "cpu"): never job ids or prompts. Gauges that describe the present (queue
 // depth, jobs in flight, workers by state, GPU memory) and the `process_*` family (from /proc) are
 // computed when scraped. `GET /metrics` is served by a small HTTP/1.1 endpoint of our own on one
 // std::thread (not prometheus-cpp's civetweb Exposer: its fixed small thread stacks cannot hold the
@@ -14,10 +14,12 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace prometheus {
 class Counter;
+class Gauge;
 class Histogram;
 class Registry;
 template <typename T>
@@ -68,10 +70,13 @@ class Metrics {
   void count_request(std::string_view rpc, std::string_view code);
   // A job left the queue after waiting this long.
   void observe_queue_wait(double seconds);
-  // A job ended (outcome: "succeeded", "failed", "cancelled") this long after submission.
-  void observe_job(std::string_view outcome, double seconds);
-  void observe_stage(std::string_view stage, double seconds);
-  void observe_step(double seconds, bool skipped_by_teacache);
+  // The workers and their group sizes (devices per worker), for stavid_worker_group_size.
+  void set_worker_groups(const std::vector<std::pair<std::string, int>>& workers);
+  // A job ended (outcome: "succeeded", "failed", "cancelled") this long after submission; worker is
+  // the name of the worker that ran it ("none" when it never ran).
+  void observe_job(std::string_view outcome, double seconds, std::string_view worker = "none");
+  void observe_stage(std::string_view stage, double seconds, std::string_view worker);
+  void observe_step(double seconds, bool skipped_by_teacache, std::string_view worker);
 
   // The text exposition of everything (what /metrics serves).
   std::string scrape() const;
@@ -88,8 +93,9 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* jobs_ = nullptr;
   prometheus::Family<prometheus::Histogram>* job_seconds_ = nullptr;
   prometheus::Family<prometheus::Histogram>* stage_seconds_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* worker_group_size_ = nullptr;
   prometheus::Histogram* queue_wait_ = nullptr;
-  prometheus::Histogram* step_seconds_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* step_seconds_ = nullptr;
   prometheus::Counter* steps_ = nullptr;
   prometheus::Counter* skipped_steps_ = nullptr;
   std::unique_ptr<HttpEndpoint> http_;  // last: stopped before the rest it scrapes is destroyed

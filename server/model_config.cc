@@ -201,6 +201,7 @@ ModelConfig model_config(Reader& r) {
   m.max_pixels = static_cast<uint64_t>(r.integer("max_pixels", 256, int64_t{1} << 40, static_cast<int64_t>(m.max_pixels)));
   m.vae_memory_budget_bytes =
       static_cast<size_t>(r.integer("vae_memory_budget_mib", 0, int64_t{1} << 30, 0)) << 20;
+  m.group_size = static_cast<uint32_t>(r.integer("group_size", 0, 1024, 0));
   if (auto st = r.optional_object("strategies")) {
     for (const auto& [name, value] : st->raw().items()) {
       const std::string kp = st->key_path(name.c_str());

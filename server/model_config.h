@@ -64,6 +64,9 @@ struct ModelConfig {
   uint64_t max_pixels = 720ull * 1280ull;
   std::map<std::string, std::string> strategies;  // name -> mask-strategy JSON file
   size_t vae_memory_budget_bytes = 0;  // 0: decode the whole clip at once
+  // GPU group size (devices per worker) this model's jobs run on when a request leaves
+  // gpu_group_size 0; 0: any worker. Checked at load against the server's groups and the heads.
+  uint32_t group_size = 0;
 };
 
 struct ServingConfig {

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string_view>
 
@@ -364,6 +365,14 @@ void ModelPipeline::load() {
     });
     states.push_back(std::move(s));
   }
+  // A model's default group size must be one the server has (InvalidArgument).
+  for (const auto& s : states) {
+    const uint32_t k = s->cfg->group_size;
+    for_model(s->cfg->name, [&] {
+      STAVID_CHECK(k == 0 || has_group_size(static_cast<int>(k)), "group_size ", k,
+                   " is not a group size of this server (its workers have ", group_sizes_text(), ")");
+    });
+  }
   // Sequence-parallel groups need a group size dividing every model's heads (InvalidArgument).
   for (auto& w : workers_)
     for (const auto& s : states)
@@ -596,7 +605,37 @@ pb::GenerateRequest ModelPipeline::normalize(const pb::GenerateRequest& request,
   if (r.preview_every_steps() > r.steps())
     bad("preview_every_steps", std::to_string(r.preview_every_steps()) + " exceeds the steps, allowed 0.." +
                                    std::to_string(r.steps()) + " (0: no previews)");
+  // GPU group: 0 takes the model's group_size (0 there too: any worker).
+  if (r.gpu_group_size() == 0) r.set_gpu_group_size(m.group_size);
+  if (r.gpu_group_size() != 0) {
+    const uint32_t k = r.gpu_group_size();
+    if (!has_group_size(static_cast<int>(k)))
+      bad("gpu_group_size", std::to_string(k) + " is not a group size of this server, allowed 0 (the model's default) or " +
+                                group_sizes_text());
+    if (s.dit.num_attention_heads % static_cast<int64_t>(k) != 0)
+      bad("gpu_group_size", std::to_string(k) + " does not divide the model's " +
+                                std::to_string(s.dit.num_attention_heads) + " attention heads");
+  }
   return r;
+}
+
+int ModelPipeline::worker_group_size(int worker) const {
+  STAVID_CHECK(worker >= 0 && worker < num_workers(), "pipeline: no worker ", worker);
+  return static_cast<int>(workers_[worker]->ranks.size());
+}
+
+bool ModelPipeline::has_group_size(int size) const {
+  for (const auto& w : workers_)
+    if (static_cast<int>(w->ranks.size()) == size) return true;
+  return false;
+}
+
+std::string ModelPipeline::group_sizes_text() const {
+  std::set<size_t> sizes;
+  for (const auto& w : workers_) sizes.insert(w->ranks.size());
+  std::string out;
+  for (size_t k : sizes) out += (out.empty() ? "" : ", ") + std::to_string(k);
+  return out;
 }
 
 size_t ModelPipeline::memory_estimate(const pb::GenerateRequest& r) const {

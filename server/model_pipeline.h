@@ -67,6 +67,7 @@ class ModelPipeline final : public Pipeline {
   int num_workers() const override;
   std::string worker_name(int worker) const override;
   std::vector<uint32_t> worker_gpus(int worker) const override;
+  int worker_group_size(int worker) const override;  // the ranks of its group
   std::vector<stavid::v1::ModelInfo> models() const override;
   stavid::v1::GenerateRequest normalize(const stavid::v1::GenerateRequest& request,
                                         const RequestLimits& limits) const override;
@@ -91,6 +92,8 @@ class ModelPipeline final : public Pipeline {
   struct Rank;
   struct Worker;
   const ModelState& model_state(const std::string& name) const;
+  bool has_group_size(int size) const;
+  std::string group_sizes_text() const;  // the distinct group sizes, ascending ("1, 2")
   size_t model_index(const std::string& name) const;
   // One rank's share of run(): every rank of a group calls it with the same request and seed.
   stavid::v1::JobCompleted run_rank(JobContext& ctx, const stavid::v1::GenerateRequest& normalized, Worker& w,

@@ -36,9 +36,14 @@ class Pipeline {
   // Worker label and GPU ordinals for JobStarted ("gpu0" / {0}; "cpu" / {}).
   virtual std::string worker_name(int worker) const = 0;
   virtual std::vector<uint32_t> worker_gpus(int worker) const = 0;
+  // Devices (ranks) of the worker's group: 1 unless the pipeline runs sequence-parallel groups.
+  // normalize() resolves GenerateRequest.gpu_group_size to 0 (any worker) or one of these sizes,
+  // and the service lets only the workers of that size take the job.
+  virtual int worker_group_size(int worker) const { return 1; }
   virtual std::vector<stavid::v1::ModelInfo> models() const = 0;
   // Applies defaults (steps, guidance, shift, fps, crf, preset, STA kind, ...) and validates every
-  // field against the model and `limits`. Throws SubmitError(StatusCode::InvalidArgument, message
+  // field against the model and `limits` (gpu_group_size: 0 = the model's default, else a size some
+  // worker has). Throws SubmitError(StatusCode::InvalidArgument, message
   // naming the field and the allowed range) on a bad request. Seed 0 stays 0 (run() picks one).
   virtual stavid::v1::GenerateRequest normalize(const stavid::v1::GenerateRequest& request,
                                                 const RequestLimits& limits) const = 0;

@@ -28,6 +28,7 @@ struct Job {
   int32_t priority = 0;
   uint64_t seq = 0;
   size_t memory_estimate_bytes = 0;
+  std::vector<int> eligible;  // sorted worker indices; empty = any
   std::shared_ptr<const std::any> payload;
   std::optional<std::chrono::steady_clock::time_point> deadline;
 
@@ -61,6 +62,26 @@ struct Job {
 namespace {
 
 constexpr size_t kMaxClientJobIdLength = 128;
+
+bool eligible_for(const detail::Job& job, int worker) {
+  return job.eligible.empty() || std::binary_search(job.eligible.begin(), job.eligible.end(), worker);
+}
+
+// Whether two jobs could run on one same worker (both sets sorted; empty = every worker).
+bool share_a_worker(const detail::Job& a, const detail::Job& b) {
+  if (a.eligible.empty() || b.eligible.empty()) return true;
+  auto i = a.eligible.begin();
+  auto j = b.eligible.begin();
+  while (i != a.eligible.end() && j != b.eligible.end()) {
+    if (*i == *j) return true;
+    if (*i < *j) {
+      ++i;
+    } else {
+      ++j;
+    }
+  }
+  return false;
+}
 
 }  // namespace
 
@@ -224,6 +245,15 @@ std::string Scheduler::submit(JobSpec spec, EventCallback callback, Subscription
   if (spec.client_job_id.size() > kMaxClientJobIdLength) {
     reject(StatusCode::InvalidArgument, "client job id longer than " + std::to_string(kMaxClientJobIdLength));
   }
+  std::sort(spec.eligible_workers.begin(), spec.eligible_workers.end());
+  spec.eligible_workers.erase(std::unique(spec.eligible_workers.begin(), spec.eligible_workers.end()),
+                              spec.eligible_workers.end());
+  for (int w : spec.eligible_workers) {
+    if (w < 0 || w >= options_.num_workers) {
+      reject(StatusCode::InvalidArgument, "eligible worker " + std::to_string(w) + " does not exist (workers 0.." +
+                                              std::to_string(options_.num_workers - 1) + ")");
+    }
+  }
   if (draining_) reject(StatusCode::Unavailable, "server is draining");
   if (options_.worker_memory_budget > 0 && spec.memory_estimate_bytes > options_.worker_memory_budget) {
     reject(StatusCode::ResourceExhausted, "memory estimate " + std::to_string(spec.memory_estimate_bytes) +
@@ -245,6 +275,7 @@ std::string Scheduler::submit(JobSpec spec, EventCallback callback, Subscription
   job->client_job_id = std::move(spec.client_job_id);
   job->priority = spec.priority;
   job->memory_estimate_bytes = spec.memory_estimate_bytes;
+  job->eligible = std::move(spec.eligible_workers);
   job->payload = std::make_shared<const std::any>(std::move(spec.payload));
   job->submitted_at = std::chrono::system_clock::now();
   if (spec.queue_timeout.count() > 0) {
@@ -273,7 +304,7 @@ std::string Scheduler::submit(JobSpec spec, EventCallback callback, Subscription
   }
   std::string result = job->id;
   lk.unlock();
-  work_cv_.notify_one();
+  work_cv_.notify_all();  // not notify_one: the one woken might not be eligible for this job
   if (job->deadline) timer_cv_.notify_one();
   flush(flush_list);
   return result;
@@ -472,9 +503,8 @@ void Scheduler::worker_loop(int worker) {
     FlushList flush_list;
     {
       std::unique_lock<std::mutex> lk(mu_);
-      work_cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;
-      job = queue_.begin()->second;
+      work_cv_.wait(lk, [&] { return stopping_ || (job = next_job_locked(worker)) != nullptr; });
+      if (!job) return;  // stopping (drain emptied the queue)
       remove_from_queue_locked(*job);
       set_state_locked(*job, JobState::Running);
       job->worker = worker;
@@ -587,6 +617,7 @@ void Scheduler::expire_locked(SteadyTime now, FlushList& flush_list) {
 
 void Scheduler::publish_locked(detail::Job& job, JobEvent event, FlushList& flush_list) {
   event.job_id = job.id;
+  event.worker = job.worker;
   auto& subs = job.subscribers;
   for (auto it = subs.begin(); it != subs.end();) {
     const std::shared_ptr<detail::Subscriber> sub = *it;  // a copy: erase() may drop the last reference
@@ -688,9 +719,18 @@ void Scheduler::evict_results_locked() {
 }
 
 size_t Scheduler::queue_position_locked(const detail::Job& job) const {
-  auto it = queue_.find(QueueKey{job.priority, job.seq});
-  if (it == queue_.end()) return 0;
-  return static_cast<size_t>(std::distance(queue_.begin(), it));
+  const auto end = queue_.find(QueueKey{job.priority, job.seq});
+  if (end == queue_.end()) return 0;
+  size_t ahead = 0;
+  for (auto it = queue_.begin(); it != end; ++it) ahead += share_a_worker(*it->second, job) ? 1 : 0;
+  return ahead;
+}
+
+std::shared_ptr<detail::Job> Scheduler::next_job_locked(int worker) const {
+  for (const auto& [key, job] : queue_) {
+    if (eligible_for(*job, worker)) return job;
+  }
+  return nullptr;
 }
 
 JobSnapshot Scheduler::snapshot_locked(const detail::Job& job) const {
@@ -703,6 +743,7 @@ JobSnapshot Scheduler::snapshot_locked(const detail::Job& job) const {
   s.memory_estimate_bytes = job.memory_estimate_bytes;
   s.queue_position = job.state == JobState::Queued ? queue_position_locked(job) : 0;
   s.worker = job.worker;
+  s.eligible_workers = job.eligible;
   s.submitted_at = job.submitted_at;
   s.started_at = job.started_at;
   s.finished_at = job.finished_at;

@@ -6,7 +6,16 @@
 // - Admission (submit): bad spec -> InvalidArgument; draining -> Unavailable; duplicate client job id
 //   (among jobs still in the store) -> AlreadyExists; memory estimate above one worker's budget, or
 //   the queue already holding max_queue jobs -> ResourceExhausted. A rejected job leaves no trace.
-// - Order: higher priority first, FIFO (submission order) within one priority.
+//   A job may name the workers allowed to run it (JobSpec::eligible_workers, e.g. the workers of
+//   one GPU group size); naming a worker index that does not exist is InvalidArgument. Memory is
+//   checked against the one global worker_memory_budget whatever the eligible set (GPU groups of
+//   different sizes share it: the estimate is per device, and every device has the same memory).
+// - Order: higher priority first, FIFO (submission order) within one priority, per worker: a free
+//   worker takes the first job in that order among those it is eligible for, so a job restricted to
+//   a busy worker never holds back the jobs behind it that another free worker may run, and an
+//   unrestricted job runs on the first worker that frees up with no earlier eligible job. A queued
+//   job's position counts the queued jobs ahead of it in that order that share at least one
+//   eligible worker with it (the jobs that can take a worker it could run on before it does).
 // - A queued job whose queue timeout passes before a worker takes it ends Failed/DeadlineExceeded.
 // - cancel(): a queued job ends Cancelled at once; a running job has its context's cancelled() turn
 //   true and ends Cancelled when the runner returns or throws (the runner polls between steps).
@@ -95,6 +104,7 @@ struct JobSpec {
   int32_t priority = 0;                    // higher runs first
   std::chrono::milliseconds queue_timeout{0};  // max wait before a worker takes it; 0 = none
   size_t memory_estimate_bytes = 0;        // must fit SchedulerOptions::worker_memory_budget
+  std::vector<int> eligible_workers;       // worker indices that may run it; empty = any worker
   std::any payload;                        // the request; opaque to the scheduler
 };
 
@@ -109,8 +119,9 @@ struct JobSnapshot {
   JobState state = JobState::Queued;
   int32_t priority = 0;
   size_t memory_estimate_bytes = 0;
-  size_t queue_position = 0;  // 0-based; meaningful while Queued
+  size_t queue_position = 0;  // 0-based; meaningful while Queued (see the policy above)
   int worker = -1;            // the worker that took it, or -1
+  std::vector<int> eligible_workers;  // sorted, no duplicates; empty = any worker
   WallTime submitted_at{};
   std::optional<WallTime> started_at;
   std::optional<WallTime> finished_at;
@@ -135,7 +146,7 @@ struct JobEvent {
   // Queued
   size_t queue_position = 0;
   size_t queue_depth = 0;
-  // Started
+  // Started, and every later live event of the job: the worker running it (-1 when it never ran)
   int worker = -1;
   // Stage
   std::string stage;
@@ -290,6 +301,7 @@ class Scheduler {
   void evict_results_locked();
   void expire_locked(SteadyTime now, FlushList& flush);
   size_t queue_position_locked(const detail::Job& job) const;
+  std::shared_ptr<detail::Job> next_job_locked(int worker) const;
   JobSnapshot snapshot_locked(const detail::Job& job) const;
   std::shared_ptr<detail::Job> find_locked(const std::string& job_id) const;
 

@@ -375,7 +375,14 @@ void VideoService::start() {
   so.result_ttl = options_.result_ttl;
   so.max_result_bytes = options_.max_result_bytes;
   so.num_workers = pipeline_.num_workers();
-  if (metrics_) so.observer = [this](const JobEvent& e) { observe(e); };
+  if (metrics_) {
+    std::vector<std::pair<std::string, int>> groups;
+    for (int w = 0; w < pipeline_.num_workers(); ++w) {
+      groups.emplace_back(pipeline_.worker_name(w), pipeline_.worker_group_size(w));
+    }
+    metrics_->set_worker_groups(groups);
+    so.observer = [this](const JobEvent& e) { observe(e); };
+  }
   scheduler_ = std::make_unique<Scheduler>(so, [this](JobContext& ctx) { run_job(ctx); });
   ready_.store(true, std::memory_order_release);
 }
@@ -464,6 +471,18 @@ std::string VideoService::submit(const v1::GenerateRequest& request, const std::
                            ? std::chrono::seconds(normalized.queue_timeout_seconds())
                            : std::chrono::duration_cast<std::chrono::seconds>(options_.default_queue_timeout);
   spec.memory_estimate_bytes = pipeline_.memory_estimate(normalized);
+  if (normalized.gpu_group_size() != 0) {
+    // Only the workers of the requested (or the model's) group size may take it.
+    for (int w = 0; w < pipeline_.num_workers(); ++w) {
+      if (pipeline_.worker_group_size(w) == static_cast<int>(normalized.gpu_group_size())) {
+        spec.eligible_workers.push_back(w);
+      }
+    }
+    if (spec.eligible_workers.empty()) {
+      throw SubmitError(StatusCode::InvalidArgument, "gpu_group_size: no worker of this server has a group of " +
+                                                         std::to_string(normalized.gpu_group_size()));
+    }
+  }
   spec.payload = std::move(normalized);
   std::string id = callback ? scheduler_->submit(std::move(spec), std::move(callback), subscription)
                             : scheduler_->submit(std::move(spec));
@@ -662,6 +681,8 @@ void VideoService::run_job(JobContext& ctx) {
 }
 
 void VideoService::observe(const JobEvent& e) {
+  // The worker label: the pipeline's worker name ("gpu0-3", "cpu"), "none" for a job that never ran.
+  auto worker = [&] { return e.worker >= 0 ? pipeline_.worker_name(e.worker) : std::string("none"); };
   switch (e.kind) {
     case JobEvent::Kind::Started: {
       auto snap = scheduler_->get(e.job_id);
@@ -671,11 +692,11 @@ void VideoService::observe(const JobEvent& e) {
     case JobEvent::Kind::Stage:
       if (e.stage_finished) {
         const v1::Stage s = stage_proto(e.stage);
-        metrics_->observe_stage(s == v1::STAGE_UNSPECIFIED ? "other" : e.stage, e.stage_seconds);
+        metrics_->observe_stage(s == v1::STAGE_UNSPECIFIED ? "other" : e.stage, e.stage_seconds, worker());
       }
       break;
     case JobEvent::Kind::Step:
-      metrics_->observe_step(e.step_seconds, e.step_skipped);
+      metrics_->observe_step(e.step_seconds, e.step_skipped, worker());
       break;
     case JobEvent::Kind::Completed:
     case JobEvent::Kind::Failed:
@@ -684,7 +705,9 @@ void VideoService::observe(const JobEvent& e) {
                             : e.kind == JobEvent::Kind::Failed  ? "failed"
                                                                 : "cancelled";
       auto snap = scheduler_->get(e.job_id);
-      if (snap && snap->finished_at) metrics_->observe_job(outcome, seconds_between(snap->submitted_at, *snap->finished_at));
+      if (snap && snap->finished_at) {
+        metrics_->observe_job(outcome, seconds_between(snap->submitted_at, *snap->finished_at), worker());
+      }
       break;
     }
     case JobEvent::Kind::Queued:

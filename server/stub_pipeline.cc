@@ -115,6 +115,11 @@ GenerateRequest StubPipeline::normalize(const GenerateRequest& request, const Re
   if (r.preview_every_steps() > r.steps()) {
     invalid("preview_every_steps: at most steps (" + std::to_string(r.steps()) + ")");
   }
+  // Every stub worker is a group of one.
+  if (r.gpu_group_size() > 1) {
+    invalid("gpu_group_size: " + std::to_string(r.gpu_group_size()) +
+            " is not a group size of this server, allowed 0 (the model's default) or 1");
+  }
   return r;
 }
 

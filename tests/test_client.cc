@@ -424,7 +424,7 @@ TEST_F(ClientTest, GenerateWritesTheVerifiedVideo) {
   ASSERT_EQ(run({"generate", "--prompt", "a red circle", "--frames", "13", "--height", "256", "--width", "256",
                  "--steps", "4", "--seed", "42", "--guidance", "6.5", "--shift", "7", "--fps", "12",
                  "--teacache", "0.15", "--sta", "3,3,3:2", "--priority", "-3", "--queue-timeout", "30",
-                 "--crf", "20", "--preset", "fast", "--negative-prompt", "blurry", "--true-cfg", "1.5", "-o",
+                 "--gpu-group-size", "4", "--crf", "20", "--preset", "fast", "--negative-prompt", "blurry", "--true-cfg", "1.5", "-o",
                  out}),
             0)
       << err_;
@@ -461,6 +461,7 @@ TEST_F(ClientTest, GenerateWritesTheVerifiedVideo) {
   EXPECT_EQ(req.sta().dense_steps(), 2u);
   EXPECT_EQ(req.priority(), -3);
   EXPECT_EQ(req.queue_timeout_seconds(), 30u);
+  EXPECT_EQ(req.gpu_group_size(), 4u);
   ASSERT_TRUE(req.output().has_crf());
   EXPECT_EQ(req.output().crf(), 20u);
   EXPECT_EQ(req.output().preset(), "fast");
@@ -803,6 +804,7 @@ TEST_F(ClientTest, UsageErrors) {
       {"generate", "--prompt", "p", "--frames", "-1", "-o", "x.mp4"},
       {"generate", "--prompt", "p", "--frames", "99999999999", "-o", "x.mp4"},
       {"generate", "--prompt", "p", "--guidance", "nan", "-o", "x.mp4"},
+      {"generate", "--prompt", "p", "--gpu-group-size", "two", "-o", "x.mp4"},
       {"generate", "--prompt", "p", "--sta", "1,2", "-o", "x.mp4"},
       {"generate", "--prompt", "p", "--sta", "0,1,1", "-o", "x.mp4"},
       {"generate", "--prompt", "p", "--sta", "1,1,1:x", "-o", "x.mp4"},

@@ -3,6 +3,7 @@
 // rejected with InvalidArgument naming it), the memory estimate, and run() through a real Scheduler:
 // a decodable MP4 of the requested size, stage/step events in order, previews, cancellation within one
 // step, same seed -> same bytes, STA sparsity, TeaCache, true CFG with text encoders, fault injection.
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <any>
@@ -26,6 +27,8 @@
 #include "server/model_pipeline.h"
 #include "server/preview.h"
 #include "server/scheduler.h"
+#include "server/server.h"
+#include "stavid/v1/video.grpc.pb.h"
 #include "tests/gate.h"
 
 namespace stavid::server {
@@ -988,6 +991,118 @@ TEST(Groups, CancelAndFaultInAGroupLeaveItServing) {
   h.set_gate(nullptr);
   // The group's communicators were rebuilt: it serves again, and gives the one-rank video.
   EXPECT_LE(max_frame_diff(h.run(tiny_request()), demo_pipeline_run(tiny_request())), 1);
+}
+
+// Routing by group size end to end: a server (gRPC on loopback) over CPU workers {2 ranks, 1 rank}.
+// The demo config with only the "tiny" model, its default group size set to `group_size`.
+ServingConfig tiny_only_config(uint32_t group_size) {
+  std::ifstream f(kConfig);
+  json j = json::parse(f);
+  json tiny;
+  for (const json& m : j.at("models"))
+    if (m.at("name") == "tiny") tiny = m;
+  if (group_size != 0) tiny["group_size"] = group_size;
+  j["models"] = json::array({tiny});
+  return ServingConfig::from_json(j, "tiny-only.json", fs::path(kConfig).parent_path().string());
+}
+
+struct GroupServer {
+  explicit GroupServer(uint32_t model_group_size) {
+    PipelineOptions o;
+    o.use_cuda = false;
+    o.group_sizes = {2, 1};
+    ServerConfig config;
+    config.listen = "127.0.0.1:0";
+    config.metrics_listen = "";
+    server = std::make_unique<StavidServer>(config,
+                                            std::make_unique<ModelPipeline>(tiny_only_config(model_group_size), o));
+    server->start();
+    server->load();
+    stub = pb::VideoService::NewStub(
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(server->port()), grpc::InsecureChannelCredentials()));
+  }
+  // Runs a Generate to the end; returns its status and the worker named by `started`.
+  grpc::Status generate(const pb::GenerateRequest& r, std::string* worker) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + kWait);
+    auto reader = stub->Generate(&ctx, r);
+    pb::JobEvent e;
+    while (reader->Read(&e)) {
+      if (e.has_started()) *worker = e.started().worker();
+    }
+    return reader->Finish();
+  }
+  std::unique_ptr<StavidServer> server;
+  std::unique_ptr<pb::VideoService::Stub> stub;
+};
+
+pb::GenerateRequest group_request(uint32_t group_size) {
+  pb::GenerateRequest r = tiny_request();
+  r.set_steps(2);
+  r.set_frames(5);
+  r.set_gpu_group_size(group_size);
+  return r;
+}
+
+TEST(Groups, ARequestRunsOnAWorkerOfItsGroupSize) {
+  GroupServer s(/*model_group_size=*/0);
+  for (int round = 0; round < 2; ++round) {  // each size lands on its own worker every time
+    std::string worker;
+    grpc::Status st = s.generate(group_request(2), &worker);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(worker, "cpu0");  // the 2-rank group
+    worker.clear();
+    st = s.generate(group_request(1), &worker);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(worker, "cpu1");
+  }
+  // 0 with no model default: any worker.
+  std::string worker;
+  ASSERT_TRUE(s.generate(group_request(0), &worker).ok());
+  EXPECT_TRUE(worker == "cpu0" || worker == "cpu1") << worker;
+  // A size no worker has: INVALID_ARGUMENT naming the field and the sizes there are.
+  worker.clear();
+  grpc::Status st = s.generate(group_request(3), &worker);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("gpu_group_size: 3 is not a group size of this server"), std::string::npos)
+      << st.error_message();
+  EXPECT_NE(st.error_message().find("1, 2"), std::string::npos) << st.error_message();
+  EXPECT_TRUE(worker.empty());
+  // The metrics name the worker of each step, stage and job, and the group sizes.
+  const std::string text = s.server->metrics()->scrape();
+  for (const char* want : {"stavid_worker_group_size{worker=\"cpu0\"} 2", "stavid_worker_group_size{worker=\"cpu1\"} 1",
+                           "stavid_step_duration_seconds_count{worker=\"cpu0\"}",
+                           "stavid_step_duration_seconds_count{worker=\"cpu1\"}",
+                           "stavid_stage_duration_seconds_count{stage=\"denoise\",worker=\"cpu1\"}",
+                           "stavid_jobs_total{outcome=\"succeeded\",worker=\"cpu1\"}"}) {
+    EXPECT_NE(text.find(want), std::string::npos) << want << "\n" << text;
+  }
+}
+
+TEST(Groups, TheModelsGroupSizeIsTheDefaultAndMustExist) {
+  {
+    GroupServer s(/*model_group_size=*/2);
+    for (int i = 0; i < 2; ++i) {
+      std::string worker;
+      grpc::Status st = s.generate(group_request(0), &worker);
+      ASSERT_TRUE(st.ok()) << st.error_message();
+      EXPECT_EQ(worker, "cpu0");
+    }
+    std::string worker;
+    ASSERT_TRUE(s.generate(group_request(1), &worker).ok());  // the request overrides the model
+    EXPECT_EQ(worker, "cpu1");
+  }
+  PipelineOptions o;
+  o.use_cuda = false;
+  o.group_sizes = {2, 1};
+  ModelPipeline p(tiny_only_config(4), o);
+  try {
+    p.load();
+    FAIL() << "a model group_size no worker has was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_NE(e.message().find("group_size 4 is not a group size of this server"), std::string::npos) << e.message();
+  }
 }
 
 }  // namespace

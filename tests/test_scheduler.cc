@@ -598,5 +598,165 @@ TEST(Scheduler, SubmitAndSubscribeSeesEveryEventFromQueued) {
   }
 }
 
+// ---- routing: JobSpec::eligible_workers ----
+
+SchedulerOptions workers(int n) {
+  SchedulerOptions o;
+  o.num_workers = n;
+  return o;
+}
+
+JobSpec routed(Script script, std::vector<int> eligible, int32_t priority = 0) {
+  JobSpec spec = spec_of(std::move(script), priority);
+  spec.eligible_workers = std::move(eligible);
+  return spec;
+}
+
+TEST(Routing, AJobForABusyWorkerWaitsWhileAnotherIsIdleAndUnrestrictedJobsStillFlow) {
+  Scheduler s(workers(2), script_runner());
+  Gate gate1;
+  // Hold worker 1 with a job only it may run.
+  const std::string hold1 = s.submit(routed([&](JobContext&) { ASSERT_TRUE(gate1.wait(kWait)); }, {1}));
+  ASSERT_TRUE(eventually([&] { return is_state(s, hold1, JobState::Running); }));
+  EXPECT_EQ(s.get(hold1)->worker, 1);
+  EXPECT_EQ(s.get(hold1)->eligible_workers, std::vector<int>{1});
+  // A second job for worker 1 waits although worker 0 is idle.
+  std::atomic<int> ran_on{-1};
+  const std::string for1 = s.submit(routed([&](JobContext& ctx) { ran_on = ctx.worker(); }, {1}));
+  std::this_thread::sleep_for(50ms);
+  EXPECT_TRUE(is_state(s, for1, JobState::Queued));
+  EXPECT_EQ(s.get(for1)->queue_position, 0u);
+  // Unrestricted jobs submitted after it run on worker 0 meanwhile, and do not count it as ahead.
+  for (int i = 0; i < 3; ++i) {
+    std::atomic<int> worker{-1};
+    const std::string any = s.submit(spec_of([&](JobContext& ctx) { worker = ctx.worker(); }));
+    auto snap = s.wait(any, kWait);
+    ASSERT_TRUE(snap);
+    EXPECT_EQ(snap->state, JobState::Succeeded);
+    EXPECT_EQ(worker.load(), 0);
+  }
+  EXPECT_TRUE(is_state(s, for1, JobState::Queued));
+  gate1.open();
+  auto snap = s.wait(for1, kWait);
+  ASSERT_TRUE(snap);
+  EXPECT_EQ(snap->state, JobState::Succeeded);
+  EXPECT_EQ(snap->worker, 1);
+  EXPECT_EQ(ran_on.load(), 1);
+}
+
+TEST(Routing, PriorityThenFifoWithinTheEligibleSet) {
+  Scheduler s(workers(2), script_runner());
+  Gate gate0, gate1;
+  const std::string hold0 = s.submit(routed([&](JobContext&) { ASSERT_TRUE(gate0.wait(kWait)); }, {0}));
+  const std::string hold1 = s.submit(routed([&](JobContext&) { ASSERT_TRUE(gate1.wait(kWait)); }, {1}));
+  ASSERT_TRUE(eventually([&] { return is_state(s, hold0, JobState::Running) && is_state(s, hold1, JobState::Running); }));
+  std::mutex mu;
+  std::vector<std::string> order1;
+  auto record = [&](std::string name) {
+    return [&, name](JobContext& ctx) {
+      std::lock_guard<std::mutex> lk(mu);
+      if (ctx.worker() == 1) order1.push_back(name);
+    };
+  };
+  std::vector<std::string> ids;
+  ids.push_back(s.submit(routed(record("a0"), {1}, 0)));
+  ids.push_back(s.submit(routed(record("x9"), {0}, 9)));  // higher priority, but for worker 0 only
+  ids.push_back(s.submit(routed(record("b5"), {1}, 5)));
+  ids.push_back(s.submit(routed(record("c0"), {1}, 0)));
+  ids.push_back(s.submit(routed(record("d5"), {0, 1}, 5)));
+  // Positions count only the queued jobs ahead that share a worker.
+  EXPECT_EQ(s.get(ids[1])->queue_position, 0u);  // x9: first overall
+  EXPECT_EQ(s.get(ids[2])->queue_position, 0u);  // b5: x9 is ahead but cannot take worker 1
+  EXPECT_EQ(s.get(ids[4])->queue_position, 2u);  // d5: x9 and b5 are ahead
+  EXPECT_EQ(s.get(ids[0])->queue_position, 2u);  // a0: b5, d5
+  EXPECT_EQ(s.get(ids[3])->queue_position, 3u);  // c0: b5, d5, a0
+  EXPECT_EQ(s.stats().queue_depth, 5u);
+  gate1.open();  // only worker 1 runs: its eligible jobs in priority then FIFO order; x9 stays
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard<std::mutex> lk(mu);
+    return order1.size() == 4;
+  }));
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    EXPECT_EQ(order1, (std::vector<std::string>{"b5", "d5", "a0", "c0"}));
+  }
+  EXPECT_TRUE(is_state(s, ids[1], JobState::Queued));
+  gate0.open();
+  auto x9 = s.wait(ids[1], kWait);
+  ASSERT_TRUE(x9);
+  EXPECT_EQ(x9->state, JobState::Succeeded);
+  EXPECT_EQ(x9->worker, 0);
+}
+
+TEST(Routing, UnrestrictedJobsAreNotStarvedByJobsForABusyWorker) {
+  Scheduler s(workers(2), script_runner());
+  Gate gate0, gate1;
+  const std::string hold0 = s.submit(routed([&](JobContext&) { ASSERT_TRUE(gate0.wait(kWait)); }, {0}));
+  const std::string hold1 = s.submit(routed([&](JobContext&) { ASSERT_TRUE(gate1.wait(kWait)); }, {1}));
+  ASSERT_TRUE(eventually([&] { return is_state(s, hold0, JobState::Running) && is_state(s, hold1, JobState::Running); }));
+  // Many high-priority jobs for worker 1 ahead of one plain job.
+  std::vector<std::string> for1;
+  for (int i = 0; i < 5; ++i) for1.push_back(s.submit(routed([](JobContext&) {}, {1}, 5)));
+  const std::string any = s.submit(spec_of([](JobContext&) {}));
+  EXPECT_EQ(s.get(any)->queue_position, 5u);
+  gate0.open();  // worker 0 frees up: it skips the jobs it may not run and takes the plain one
+  auto snap = s.wait(any, kWait);
+  ASSERT_TRUE(snap);
+  EXPECT_EQ(snap->state, JobState::Succeeded);
+  EXPECT_EQ(snap->worker, 0);
+  for (const std::string& id : for1) EXPECT_TRUE(is_state(s, id, JobState::Queued));
+  gate1.open();
+  for (const std::string& id : for1) {
+    auto done = s.wait(id, kWait);
+    ASSERT_TRUE(done);
+    EXPECT_EQ(done->state, JobState::Succeeded);
+    EXPECT_EQ(done->worker, 1);
+  }
+}
+
+TEST(Routing, CancelAndQueueTimeoutOfARoutedQueuedJob) {
+  Scheduler s(workers(2), script_runner());
+  Gate gate1;
+  const std::string hold1 = s.submit(routed([&](JobContext&) { ASSERT_TRUE(gate1.wait(kWait)); }, {1}));
+  ASSERT_TRUE(eventually([&] { return is_state(s, hold1, JobState::Running); }));
+  std::atomic<bool> ran{false};
+  const std::string cancelled = s.submit(routed([&](JobContext&) { ran = true; }, {1}));
+  JobSpec timed = routed([&](JobContext&) { ran = true; }, {1});
+  timed.queue_timeout = 50ms;
+  const std::string expired = s.submit(std::move(timed));
+  EXPECT_TRUE(s.cancel(cancelled));
+  auto c = s.get(cancelled);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->state, JobState::Cancelled);
+  EXPECT_EQ(c->worker, -1);
+  auto e = s.wait(expired, kWait);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->state, JobState::Failed);
+  EXPECT_EQ(e->error_code, StatusCode::DeadlineExceeded);
+  EXPECT_EQ(s.stats().queue_depth, 0u);
+  // Worker 0 stayed idle and still serves; worker 1 serves after its job.
+  EXPECT_EQ(s.wait(s.submit(routed([](JobContext&) {}, {0})), kWait)->worker, 0);
+  gate1.open();
+  EXPECT_EQ(s.wait(s.submit(routed([](JobContext&) {}, {1})), kWait)->worker, 1);
+  EXPECT_FALSE(ran.load());
+}
+
+TEST(Routing, AnEligibleSetNamingAMissingWorkerIsInvalidArgument) {
+  Scheduler s(workers(2), script_runner());
+  EXPECT_EQ(submit_code(s, routed([](JobContext&) {}, {2})), StatusCode::InvalidArgument);
+  EXPECT_EQ(submit_code(s, routed([](JobContext&) {}, {-1})), StatusCode::InvalidArgument);
+  EXPECT_EQ(submit_code(s, routed([](JobContext&) {}, {0, 5})), StatusCode::InvalidArgument);
+  EXPECT_EQ(s.stats().rejected_total, 3u);
+  EXPECT_EQ(s.stats().submitted_total, 0u);
+  // Duplicates are fine (and folded); every event of a running job names its worker.
+  Recorder rec;
+  s.submit(routed([](JobContext& ctx) { ctx.step(0, 1, 0.01); }, {1, 1}), rec.callback(), nullptr);
+  ASSERT_TRUE(rec.wait_terminal());
+  const auto events = rec.events();
+  ASSERT_GE(events.size(), 4u);
+  EXPECT_EQ(events[0].kind, JobEvent::Kind::Queued);
+  for (size_t i = 1; i < events.size(); ++i) EXPECT_EQ(events[i].worker, 1) << i;
+}
+
 }  // namespace
 }  // namespace stavid::server

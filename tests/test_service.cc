@@ -353,6 +353,7 @@ TEST(Service, EveryInvalidFieldIsInvalidArgument) {
       {"crf", [](auto& r) { r.mutable_output()->set_crf(52); }},
       {"preset", [](auto& r) { r.mutable_output()->set_preset("warp"); }},
       {"preview", [](auto& r) { r.set_preview_every_steps(5); }},
+      {"gpu group size", [](auto& r) { r.set_gpu_group_size(2); }},  // stub workers are groups of 1
   };
   for (const auto& [name, mutate] : cases) {
     v1::GenerateRequest r = stub_request(4);
@@ -615,13 +616,14 @@ TEST(Service, MetricsCountRequestsJobsStagesAndProcess) {
            "stavid_requests_total{code=\"OK\",rpc=\"Generate\"} 1",
            "stavid_requests_total{code=\"OK\",rpc=\"SubmitJob\"} 1",
            "stavid_requests_total{code=\"NOT_FOUND\",rpc=\"GetJob\"} 1",
-           "stavid_jobs_total{outcome=\"succeeded\"} 2",
+           "stavid_jobs_total{outcome=\"succeeded\",worker=\"cpu0\"} 2",
            "stavid_job_duration_seconds_count{outcome=\"succeeded\"} 2",
            "stavid_job_duration_seconds_bucket{outcome=\"succeeded\",le=\"3600\"} 2",
            "stavid_job_duration_seconds_bucket{outcome=\"succeeded\",le=\"0.05\"}",
            "stavid_queue_wait_seconds_count 2",
-           "stavid_stage_duration_seconds_count{stage=\"denoise\"} 2",
-           "stavid_step_duration_seconds_count 6",
+           "stavid_stage_duration_seconds_count{stage=\"denoise\",worker=\"cpu0\"} 2",
+           "stavid_step_duration_seconds_count{worker=\"cpu0\"} 6",
+           "stavid_worker_group_size{worker=\"cpu0\"} 1",
            "stavid_denoise_steps_total 6",
            "stavid_teacache_skipped_steps_total 2",
            "stavid_queue_depth 0",
