@@ -76,7 +76,7 @@ namespace {
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
 // The Hopper draft is opt-in until validated on the GPU: STAVID_STA_HOPPER=1.
-bool hopper_opted_in() {
+[[maybe_unused]] bool hopper_opted_in() {
   const char* v = std::getenv("STAVID_STA_HOPPER");
   return v && std::strcmp(v, "1") == 0;
 }

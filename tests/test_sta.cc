@@ -880,7 +880,7 @@ class ScopedEnv {
 
 // Dense cases the draft takes: bf16, d = 128, no text, tiles of 128 / 384 tokens dividing the
 // canvas, every window covering the grid. Outputs must follow the same FA3 rule as the portable kernel.
-std::vector<AttnCase> hopper_dense_cases() {
+[[maybe_unused]] std::vector<AttnCase> hopper_dense_cases() {
   std::vector<AttnCase> cs;
   // 128-token tiles, grid 1x2x2 (512 keys: 4 visits, the 2-stage ring wraps twice), 2 heads.
   cs.push_back({{2, 16, 16}, {2, 8, 8}, 0, 0, {{5, 6, 10}, {1, 3, 3}}, 128, 2});
