@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/core/error.h"
 #include "kernels/core/observer.h"
@@ -65,13 +67,37 @@ const char* sta_kernel_name(StaKernel k) {
     case StaKernel::Cpu: return "cpu";
     case StaKernel::PortableM128: return "portable_m128";
     case StaKernel::PortableM64: return "portable_m64";
+    case StaKernel::Hopper: return "hopper";
   }
   return "?";
 }
 
 namespace {
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
+// The Hopper draft is opt-in until validated on the GPU: STAVID_STA_HOPPER=1.
+[[maybe_unused]] bool hopper_opted_in() {
+  const char* v = std::getenv("STAVID_STA_HOPPER");
+  return v && std::strcmp(v, "1") == 0;
+}
 }  // namespace
+
+namespace detail {
+bool sta_hopper_supports(const StaAttentionParams& p) {
+  const StaGeometry& g = p.geom;
+  if (p.dtype != DType::BF16 || p.head_dim != 128 || g.text_slots != 0 || !p.host_windows) return false;
+  if (g.tile_tokens % 128 != 0 || g.num_tiles == 0) return false;
+  for (int d = 0; d < 3; ++d)
+    if (g.canvas[d] % g.tile[d] != 0) return false;  // padded tiles would need element masks
+  for (int h = 0; h < p.heads; ++h) {
+    const StaWindow w = p.host_windows[h];
+    const int32_t wd[3] = {w.t, w.h, w.w};
+    for (int d = 0; d < 3; ++d)
+      if (2 * (wd[d] / 2) + 1 < g.grid[d]) return false;  // not the whole axis (sta_axis_range)
+  }
+  return true;
+}
+}  // namespace detail
 
 StaKernel select_sta_kernel(const StaAttentionParams& p) {
   const StaGeometry& g = p.geom;
@@ -105,6 +131,10 @@ StaKernel select_sta_kernel(const StaAttentionParams& p) {
   for (const int64_t* s : {p.q_stride, p.k_stride, p.v_stride})
     STAVID_CHECK_CODE((g.seq_len() + 128) * s[2] < (int64_t(1) << 31), ErrorCode::Unsupported, "STA on CUDA: ",
                       g.seq_len(), " slots x seq stride ", s[2], " elements exceed 2^31 per head");
+#if defined(STAVID_WITH_CUDA)
+  if (hopper_opted_in() && detail::sta_hopper_supports(p) && detail::sta_hopper_device(p.device.index))
+    return StaKernel::Hopper;
+#endif
   return g.tile_tokens % 128 == 0 ? StaKernel::PortableM128 : StaKernel::PortableM64;
 }
 
@@ -121,6 +151,13 @@ void sta_attention(const StaAttentionParams& p, const Stream& s) {
     case StaKernel::PortableM64:
 #if defined(STAVID_WITH_CUDA)
       detail::sta_attention_cuda(p, k, s.cuda);
+      return;
+#else
+      STAVID_THROW(ErrorCode::Unsupported, "STA: this build has no CUDA backend");
+#endif
+    case StaKernel::Hopper:
+#if defined(STAVID_WITH_CUDA)
+      detail::sta_attention_hopper(p, s.cuda);
       return;
 #else
       STAVID_THROW(ErrorCode::Unsupported, "STA: this build has no CUDA backend");

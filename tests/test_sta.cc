@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <limits>
@@ -853,6 +854,119 @@ TEST(StaAttentionCuda, MatchesFp64ReferenceFa3Rule) {
       ++checked;
     }
   EXPECT_EQ(checked, 8 * 2);
+}
+
+// ---------------- the Hopper draft (issue 9, first milestone) ----------------
+
+// Sets STAVID_STA_HOPPER for one scope and restores the previous value.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_) setenv(name_, old_.c_str(), 1);
+    else unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string old_;
+};
+
+// Dense cases the draft takes: bf16, d = 128, no text, tiles of 128 / 384 tokens dividing the
+// canvas, every window covering the grid. Outputs must follow the same FA3 rule as the portable kernel.
+[[maybe_unused]] std::vector<AttnCase> hopper_dense_cases() {
+  std::vector<AttnCase> cs;
+  // 128-token tiles, grid 1x2x2 (512 keys: 4 visits, the 2-stage ring wraps twice), 2 heads.
+  cs.push_back({{2, 16, 16}, {2, 8, 8}, 0, 0, {{5, 6, 10}, {1, 3, 3}}, 128, 2});
+  // 384-token tiles (the paper's), grid 1x1x2, [batch, seq, heads, dim] layout, sharper softmax.
+  cs.push_back({{6, 8, 16}, {6, 8, 8}, 0, 0, {{1, 1, 3}, {1, 1, 2}, {9, 9, 9}}, 128, 2, Layout::Bshd, Layout::Bshd,
+                0.5f});
+  // Padded strides, one batch item, a longer key loop (grid 2x2x4: 16 tiles x 128 = 2048 keys).
+  cs.push_back({{4, 16, 32}, {2, 8, 8}, 0, 0, {{3, 3, 7}}, 128, 1, Layout::BhsdPadded, Layout::BhsdPadded});
+  return cs;
+}
+
+TEST(StaSelector, HopperDraftOnlyWhenOptedInAndDense) {
+  alignas(16) static char buf[256];
+  const std::vector<StaWindow> dense(2, StaWindow{5, 6, 10}), sparse(2, StaWindow{3, 3, 3});
+  StaAttentionParams p;
+  p.q = p.k = p.v = buf;
+  p.o = buf + 128;
+  p.heads = 2;
+  p.head_dim = 128;
+  p.geom = geom({10, 48, 80}, {2, 8, 8});  // grid 5 x 6 x 10, 128-token tiles
+  p.host_windows = dense.data();
+  p.windows = dense.data();
+  EXPECT_TRUE(detail::sta_hopper_supports(p));
+  {
+    StaAttentionParams q = p;
+    q.host_windows = sparse.data();
+    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "(3,3,3) on a 5x6x10 grid is not dense";
+    q = p;
+    q.host_windows = nullptr;
+    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "windows unknown on the host";
+    q = p;
+    q.dtype = DType::F16;
+    EXPECT_FALSE(detail::sta_hopper_supports(q));
+    q = p;
+    q.head_dim = 64;
+    EXPECT_FALSE(detail::sta_hopper_supports(q));
+    q = p;
+    q.geom = geom({10, 48, 80}, {2, 8, 8}, 256, 200);
+    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "text slots";
+    q = p;
+    q.geom = geom({10, 45, 80}, {2, 8, 8});
+    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "padded tiles";
+    q = p;
+    q.geom = geom({10, 48, 80}, {1, 8, 8});
+    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "64-token tiles";
+  }
+  // Without the switch nothing changes, whatever the device.
+  ScopedEnv off("STAVID_STA_HOPPER", "0");
+  p.device = Device::cuda(0);
+  for (int64_t* s : {p.q_stride, p.k_stride, p.v_stride, p.o_stride}) {
+    s[0] = 2 * p.geom.seq_len() * 128;
+    s[1] = p.geom.seq_len() * 128;
+    s[2] = 128;
+  }
+  EXPECT_EQ(select_sta_kernel(p), StaKernel::PortableM128);
+}
+
+TEST(StaAttentionHopper, DenseMatchesFp64ReferenceFa3Rule) {
+  STAVID_REQUIRE_CUDA();
+#if defined(STAVID_WITH_CUDA)
+  if (!detail::sta_hopper_device(0)) GTEST_SKIP() << "the Hopper draft needs a compute capability 9.0 device";
+  ScopedEnv on("STAVID_STA_HOPPER", "1");
+  int checked = 0;
+  uint32_t seed = 9000;
+  for (const AttnCase& c : hopper_dense_cases()) {
+    const DType dt = DType::BF16;
+    const AttnInputs in = make_inputs(c, dt, seed += 3);
+    StaKernel kernel{};
+    const auto out = run_attention(c, in, dt, Device::cuda(0), &kernel);
+    ASSERT_EQ(kernel, StaKernel::Hopper) << c.str(dt);
+    const Reference r = reference(c, in, dt);
+    const Compared cmp = gather_used(c, in.g, out, r);
+    ASSERT_EQ(cmp.non_finite, 0) << c.str(dt) << " [hopper]: outputs not written or not finite";
+    const double err = max_abs_err(cmp.out, cmp.ref), base = max_abs_err(cmp.naive, cmp.ref);
+    EXPECT_LE(err, 2 * base + kFa3Atol) << c.str(dt) << " [hopper] naive16 err " << base;
+    EXPECT_LE(nmse(cmp.out, cmp.ref), 5e-4) << c.str(dt) << " [hopper]";
+    ++checked;
+  }
+  EXPECT_EQ(checked, 3);
+  // A sparse window falls back to the portable kernel even with the switch on.
+  AttnCase sparse{{2, 16, 16}, {2, 8, 8}, 0, 0, {{1, 1, 1}}, 128, 1};
+  const AttnInputs in = make_inputs(sparse, DType::BF16, 9100);
+  StaKernel kernel{};
+  (void)run_attention(sparse, in, DType::BF16, Device::cuda(0), &kernel);
+  EXPECT_EQ(kernel, StaKernel::PortableM128);
+#endif
 }
 
 // ---------------- the selector ----------------

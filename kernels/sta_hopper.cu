@@ -1,0 +1,459 @@
+// STA attention, Hopper path (sm_90a), FIRST MILESTONE: dense windows only, d = 128, bf16, no text
+// slots, no padded tiles. Compile-verified draft (issue 9), NOT yet validated on a GPU: it is only
+// selected with STAVID_STA_HOPPER=1 (kernels/sta.cc), and then only for params it supports.
+//
+// CTA: 3 warpgroups (384 threads), 128 query rows (one query block of BM = 128 slots of one
+// batch x head), one CTA per SM (160 KB shared memory), 1-D grid head-major (as the portable kernel).
+// - Warpgroup 0, the producer, gives registers back (setmaxnreg.dec 40); one elected thread loads
+//   the Q block once and then walks THE visit list (sta_query_range / sta_visit_at, kernels/sta.h,
+//   blocks of BN = 128 keys), issuing TMA loads (cp.async.bulk.tensor.4d, 128-byte swizzle) of each
+//   K and V block into a 2-stage ring: it waits on the stage's `empty` mbarrier, arms its `full`
+//   mbarrier with the byte count (arrive.expect_tx) and the TMA completes the transaction.
+// - Warpgroups 1 and 2, the consumers (setmaxnreg.inc 232), own 64 query rows each. Per visit: wait
+//   `full` (try_wait.parity), S = Q K^T with 8 wgmma m64n128k16 (A and B from shared memory through
+//   matrix descriptors of the 128B-swizzled K-major layout TMA writes), online softmax in the exp2
+//   domain on the fp32 accumulator fragment, O += P V with 8 wgmma m64n128k16 whose A operand is P in
+//   registers (bf16, the mma.sync A fragment layout) and whose B operand is V from shared memory
+//   (MN-major, transposed by the descriptor), then every consumer thread arrives on `empty`.
+// Shared memory: Q [2 halves][128 rows][64 cols] (32 KB), K and V [2 stages][2 halves][128][64]
+// (2 x 64 KB). A "half" is one TMA box: 64 bf16 = 128 bytes per row, the 128B swizzle atom width;
+// rows are 128 bytes apart and the swizzle repeats every 8 rows (1024 bytes), so every region is
+// 1024-byte aligned.
+//
+// Not in this milestone (the selector never sends them here): element masks (padded tiles, the
+// text tail), text slots, d = 64, fp16, a persistent scheduler, consumer ping-pong, a TMA store.
+#include <cuda.h>  // CUtensorMap and its enums only: the driver entry point is fetched at run time
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+
+#include "kernels/core/cuda_check.h"
+#include "kernels/core/error.h"
+#include "kernels/sta.h"
+
+namespace stavid::detail {
+namespace {
+
+constexpr int kHopperD = 128;
+constexpr int kHopperBM = 128;  // query rows per CTA (2 consumer warpgroups x 64)
+constexpr int kHopperBN = 128;  // keys per visit
+constexpr int kHopperThreads = 384;
+constexpr int kHalfBytes = 128 * 128;                       // [128 rows][64 bf16] = one TMA box
+constexpr int kTileBytes = 2 * kHalfBytes;                  // 128 rows x 128 cols bf16
+constexpr int kSmemQ = 0;
+constexpr int kSmemK = kSmemQ + kTileBytes;                 // 2 stages
+constexpr int kSmemV = kSmemK + 2 * kTileBytes;             // 2 stages
+constexpr int kSmemBytes = kSmemV + 2 * kTileBytes + 1024;  // + slack to align the base to 1024
+
+struct HopperArgs {
+  __nv_bfloat16* o;
+  int64_t os[3];
+  StaGeometry g;
+  const StaWindow* windows;
+  const int32_t* o_row_map;
+  int32_t heads;
+  int32_t img_qblocks;
+  float scale_log2;
+};
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define STAVID_HOPPER_DEVICE 1
+#endif
+
+#if defined(STAVID_HOPPER_DEVICE)
+// ---- PTX wrappers (sm_90a) ----
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+// Spins until the phase with the given parity has completed. Draft watchdog: a wait longer than
+// about 2^34 cycles (~10 s) traps, so a barrier bug fails the launch instead of hanging the GPU.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  if (mbar_try_wait(bar, parity)) return;
+  const long long t0 = clock64();
+  while (!mbar_try_wait(bar, parity))
+    if (clock64() - t0 > (1ll << 34)) __trap();
+}
+
+// One 4-D TMA box {64 cols, 128 rows, 1 head, 1 batch} at coordinates (c0, row, head, batch) into
+// shared memory, completing `bytes` of the transaction on `bar`. Rows past the tensor are zero.
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int32_t c0,
+                                            int32_t row, int32_t head, int32_t batch) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, "
+      "%5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(row), "r"(head), "r"(batch), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void tma_prefetch_desc(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+// wgmma shared-memory matrix descriptor, 128-byte swizzle (layout type 1 in bits 62-63): start
+// address >> 4 (bits 0-13), leading byte offset >> 4 (bits 16-29), stride byte offset >> 4 (bits
+// 32-45), base offset 0 (every tile is 1024-byte aligned and the k-steps move within the atom).
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  uint64_t d = 0;
+  d |= static_cast<uint64_t>((addr & 0x3FFFF) >> 4);
+  d |= static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16;
+  d |= static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32;
+  d |= static_cast<uint64_t>(1) << 62;
+  return d;
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator reads/writes across the asynchronous wgmma.
+__device__ __forceinline__ void fence_regs(float (&d)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+template <uint32_t kRegs>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <uint32_t kRegs>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// S (64 x 128, fp32) (+)= A (64 x 16, smem descriptor, K-major) * B (128 x 16, smem descriptor,
+// K-major)^T. scale_d == 0 overwrites d.
+__device__ __forceinline__ void wgmma_ss_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "%64, %65, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+// O (64 x 128, fp32) += A (64 x 16, registers: the mma.sync m16n8k16 A fragment per warp) * B (16 x
+// 128, smem descriptor, MN-major: V stored [keys][d], d contiguous, so B is transposed: tnspB = 1).
+__device__ __forceinline__ void wgmma_rs_m64n128k16(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+
+__device__ __forceinline__ uint64_t desc_q(uint32_t sq, int wg, int ks) {
+  // A operand, K-major: rows of the consumer's 64-row slice, k-step ks (16 cols = 32 bytes).
+  return smem_desc(sq + (ks / 4) * kHalfBytes + wg * 64 * 128 + (ks % 4) * 32, 16, 1024);
+}
+__device__ __forceinline__ uint64_t desc_k(uint32_t sk, int ks) {
+  // B operand of Q K^T, K-major: 128 key rows, k-step ks over the head dim.
+  return smem_desc(sk + (ks / 4) * kHalfBytes + (ks % 4) * 32, 16, 1024);
+}
+__device__ __forceinline__ uint64_t desc_v(uint32_t sv, int kk) {
+  // B operand of P V, MN-major (N = head dim contiguous): k-step kk covers keys [16 kk, 16 kk + 16):
+  // 8 keys 128 bytes apart, the next 8 at SBO = 1024; the second 64 head-dim columns live in the
+  // other TMA box, LBO = one half.
+  return smem_desc(sv + kk * 16 * 128, kHalfBytes, 1024);
+}
+#endif  // STAVID_HOPPER_DEVICE
+
+__global__ void __launch_bounds__(kHopperThreads, 1)
+    sta_hopper_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                      const __grid_constant__ CUtensorMap tm_v, const HopperArgs a) {
+#if defined(STAVID_HOPPER_DEVICE)
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t bars[5];  // full[2], empty[2], q_full
+  __shared__ int32_t s_visits;
+  __shared__ StaTileRange s_range;
+  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sq = base + kSmemQ, sk = base + kSmemK, sv = base + kSmemV;
+  const uint32_t full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[2]), q_full = smem_u32(&bars[4]);
+
+  const int bh = blockIdx.x / a.img_qblocks, qb = blockIdx.x % a.img_qblocks;
+  const int b = bh / a.heads, h = bh % a.heads;
+  const StaGeometry& g = a.g;
+  const int32_t q_start = qb * kHopperBM;
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(full0 + 8 * s, 1);          // the producer's arrive.expect_tx
+      mbar_init(empty0 + 8 * s, 2 * 128);   // every consumer thread
+    }
+    mbar_init(q_full, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    s_range = sta_query_range(g, a.windows[h], q_start);
+    s_visits = sta_visit_count(g, s_range, kHopperBN);
+  }
+  __syncthreads();
+  const int n_visits = s_visits;
+
+  if (wg == 0) {
+    // ---- producer ----
+    setmaxnreg_dec<40>();
+    if (threadIdx.x == 0) {
+      tma_prefetch_desc(&tm_q);
+      tma_prefetch_desc(&tm_k);
+      tma_prefetch_desc(&tm_v);
+      mbar_arrive_expect_tx(q_full, kTileBytes);
+      tma_load_4d(sq, &tm_q, q_full, 0, q_start, h, b);
+      tma_load_4d(sq + kHalfBytes, &tm_q, q_full, 64, q_start, h, b);
+      const StaTileRange r = s_range;
+      StaVisit v{};
+      for (int j = 0; j < n_visits; ++j) {
+        const int st = j & 1;
+        if (j >= 2) mbar_wait(empty0 + 8 * st, ((j >> 1) + 1) & 1);
+        v = j == 0 ? sta_visit_at(g, r, kHopperBN, 0) : sta_visit_next(g, r, kHopperBN, j - 1, v);
+        const int32_t key = static_cast<int32_t>(v.key_start);
+        const uint32_t bar = full0 + 8 * st;
+        mbar_arrive_expect_tx(bar, 2 * kTileBytes);
+        tma_load_4d(sk + st * kTileBytes, &tm_k, bar, 0, key, h, b);
+        tma_load_4d(sk + st * kTileBytes + kHalfBytes, &tm_k, bar, 64, key, h, b);
+        tma_load_4d(sv + st * kTileBytes, &tm_v, bar, 0, key, h, b);
+        tma_load_4d(sv + st * kTileBytes + kHalfBytes, &tm_v, bar, 64, key, h, b);
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  setmaxnreg_inc<232>();
+  const int cw = wg - 1;  // consumer warpgroup: query rows [64 cw, 64 cw + 64)
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  float o[64], s[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+  mbar_wait(q_full, 0);
+  for (int j = 0; j < n_visits; ++j) {
+    const int st = j & 1;
+    mbar_wait(full0 + 8 * st, (j >> 1) & 1);
+    const uint32_t skj = sk + st * kTileBytes, svj = sv + st * kTileBytes;
+
+    // S = Q K^T (64 x 128 per consumer warpgroup)
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kHopperD / 16; ++ks) wgmma_ss_m64n128k16(s, desc_q(sq, cw, ks), desc_k(skj, ks), ks > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(s);
+
+    // Online softmax, exp2 domain. Thread rows: lane / 4 (values 4 n + 0, 1) and lane / 4 + 8
+    // (4 n + 2, 3) of the warp's 16 rows; a row's 128 columns are spread over the lane quad.
+    float alpha[2];
+#pragma unroll
+    for (int rh = 0; rh < 2; ++rh) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 16; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * rh], s[4 * n + 2 * rh + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[rh], mx * a.scale_log2);
+      alpha[rh] = m[rh] == -INFINITY ? 0.f : fast_exp2(m[rh] - m_new);
+      m[rh] = m_new;
+      const float base_m = m_new == -INFINITY ? 0.f : m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < 16; ++n) {
+        const float p0 = fast_exp2(s[4 * n + 2 * rh] * a.scale_log2 - base_m);
+        const float p1 = fast_exp2(s[4 * n + 2 * rh + 1] * a.scale_log2 - base_m);
+        s[4 * n + 2 * rh] = p0;
+        s[4 * n + 2 * rh + 1] = p1;
+        sum += p0 + p1;
+      }
+      l[rh] = l[rh] * alpha[rh] + sum;
+    }
+#pragma unroll
+    for (int n = 0; n < 16; ++n) {
+      o[4 * n + 0] *= alpha[0];
+      o[4 * n + 1] *= alpha[0];
+      o[4 * n + 2] *= alpha[1];
+      o[4 * n + 3] *= alpha[1];
+    }
+
+    // O += P V: P (bf16) from registers in the A-fragment layout: k-step kk takes S columns
+    // [16 kk, 16 kk + 16), i.e. the accumulator n-tiles 2 kk and 2 kk + 1.
+    uint32_t pa[8][4];
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kHopperBN / 16; ++kk) wgmma_rs_m64n128k16(o, pa[kk], desc_v(svj, kk));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+    mbar_arrive(empty0 + 8 * st);  // this thread's reads of the stage are done
+  }
+
+  // Epilogue: normalize and store bf16 pairs straight from the accumulator fragment.
+  __nv_bfloat16* ob = a.o + b * a.os[0] + h * a.os[1];
+  const int32_t seq_len = static_cast<int32_t>(g.seq_len());
+#pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    float sum = l[rh];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const int32_t slot = q_start + cw * 64 + warp * 16 + rh * 8 + lane / 4;
+    if (slot >= seq_len) continue;
+    const int64_t row = a.o_row_map ? static_cast<int64_t>(a.o_row_map[slot]) : slot;
+    if (row < 0) continue;
+    __nv_bfloat16* orow = ob + row * a.os[2] + (lane % 4) * 2;
+#pragma unroll
+    for (int n = 0; n < 16; ++n)
+      *reinterpret_cast<uint32_t*>(orow + 8 * n) = pack_bf16(o[4 * n + 2 * rh] * inv, o[4 * n + 2 * rh + 1] * inv);
+  }
+#endif  // STAVID_HOPPER_DEVICE
+}
+
+// ---- host side ----
+
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda).
+EncodeTiledFn encode_tiled_fn() {
+  static EncodeTiledFn fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult qres{};
+    STAVID_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &qres));
+    STAVID_CHECK_CODE(qres == cudaDriverEntryPointSuccess && ptr, ErrorCode::Unsupported,
+                      "STA Hopper: the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<EncodeTiledFn>(ptr);
+  }();
+  return fn;
+}
+
+// A 4-D map over [batch, heads, seq, 128] bf16 with element strides `st` (batch, head, seq), boxes of
+// {64 cols, 128 rows, 1, 1} with the 128-byte swizzle; out-of-range rows read as zero.
+CUtensorMap make_map(const void* ptr, const int64_t st[3], int64_t seq, int32_t heads, int32_t batch) {
+  CUtensorMap map;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(kHopperD), static_cast<cuuint64_t>(seq),
+                              static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(batch)};
+  // A size-1 axis may carry any stride (even 0); the map needs a positive multiple of 16 bytes.
+  auto bytes = [](int64_t s) { return static_cast<cuuint64_t>(s > 0 ? s * 2 : 16); };
+  const cuuint64_t strides[3] = {bytes(st[2]), bytes(st[1]), bytes(st[0])};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(kHopperBN), 1, 1};
+  const cuuint32_t estr[4] = {1, 1, 1, 1};
+  const CUresult r = encode_tiled_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void*>(ptr), dims,
+                                       strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                       CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  STAVID_CHECK_CODE(r == CUDA_SUCCESS, ErrorCode::Unsupported, "STA Hopper: cuTensorMapEncodeTiled failed (",
+                    static_cast<int>(r), ") for strides ", st[0], ", ", st[1], ", ", st[2]);
+  return map;
+}
+
+}  // namespace
+
+bool sta_hopper_device(int device) {
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return major == 9 && minor == 0;  // sm_90a code runs on exactly compute capability 9.0
+}
+
+void sta_attention_hopper(const StaAttentionParams& p, CudaStream stream) {
+  STAVID_CHECK_CODE(p.dtype == DType::BF16 && p.head_dim == kHopperD && p.geom.text_slots == 0 &&
+                        p.geom.tile_tokens % kHopperBM == 0,
+                    ErrorCode::Unsupported, "STA Hopper: this draft takes bf16, head_dim 128, no text slots and "
+                                            "tiles of a multiple of 128 tokens");
+  static bool configured = [] {
+    STAVID_CUDA_CHECK(
+        cudaFuncSetAttribute(sta_hopper_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    return true;
+  }();
+  (void)configured;
+  const int64_t seq = p.geom.seq_len();
+  const CUtensorMap tq = make_map(p.q, p.q_stride, seq, p.heads, p.batch);
+  const CUtensorMap tk = make_map(p.k, p.k_stride, seq, p.heads, p.batch);
+  const CUtensorMap tv = make_map(p.v, p.v_stride, seq, p.heads, p.batch);
+  HopperArgs a;
+  a.o = static_cast<__nv_bfloat16*>(p.o);
+  for (int i = 0; i < 3; ++i) a.os[i] = p.o_stride[i];
+  a.g = p.geom;
+  a.windows = p.windows;
+  a.o_row_map = p.o_row_map;
+  a.heads = p.heads;
+  const int64_t img_qblocks = p.geom.img_slots / kHopperBM;
+  const int64_t ctas = img_qblocks * p.batch * p.heads;
+  STAVID_CHECK(ctas < (int64_t(1) << 31), "STA Hopper: ", ctas, " CTAs exceed one launch's grid");
+  a.img_qblocks = static_cast<int32_t>(img_qblocks);
+  const float scale = p.softmax_scale > 0.f ? p.softmax_scale : 1.f / sqrtf(static_cast<float>(p.head_dim));
+  a.scale_log2 = scale * 1.4426950408889634f;
+  sta_hopper_kernel<<<static_cast<unsigned>(ctas), kHopperThreads, kSmemBytes, stream>>>(tq, tk, tv, a);
+  STAVID_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace stavid::detail
