@@ -743,21 +743,32 @@ TEST(Run, TeaCacheSkippedStepsAreReported) {
   EXPECT_EQ(h.completed(id).teacache_skipped_steps(), skipped);
 }
 
-TEST(Run, FaultInjectionFailsThatJobWithInternalAndTheWorkerKeepsServing) {
+// CPU options that fail jobs whose prompt holds "FAULT" after step 1 (test-only fault injection).
+PipelineOptions faulty_options(std::vector<int> group_sizes = {}) {
   PipelineOptions o;
   o.use_cuda = false;
+  o.group_sizes = std::move(group_sizes);
   o.fault.at_step = 1;
   o.fault.prompt_marker = "FAULT";
-  ModelPipeline p(ServingConfig::from_file(kConfig), o);
-  p.load();
-  Harness h(p);
+  return o;
+}
+
+// Runs a job that hits the fault and checks it failed with Internal; returns its snapshot.
+JobSnapshot expect_fault_fails(Harness& h) {
   pb::GenerateRequest bad = tiny_request();
   bad.set_prompt("please FAULT here");
   const JobSnapshot snap = h.wait(h.submit(bad));
   EXPECT_EQ(snap.state, JobState::Failed);
   EXPECT_EQ(snap.error_code, StatusCode::Internal);
   EXPECT_NE(snap.error_message.find("fault injection"), std::string::npos) << snap.error_message;
-  EXPECT_EQ(snap.steps_done, 2);
+  return snap;
+}
+
+TEST(Run, FaultInjectionFailsThatJobWithInternalAndTheWorkerKeepsServing) {
+  ModelPipeline p(ServingConfig::from_file(kConfig), faulty_options());
+  p.load();
+  Harness h(p);
+  EXPECT_EQ(expect_fault_fails(h).steps_done, 2);
   EXPECT_FALSE(h.run(tiny_request()).empty());
 }
 
@@ -957,20 +968,10 @@ TEST(Groups, AGroupSizeThatDoesNotDivideTheHeadsIsRejected) {
 }
 
 TEST(Groups, CancelAndFaultInAGroupLeaveItServing) {
-  PipelineOptions o;
-  o.use_cuda = false;
-  o.group_sizes = {2};
-  o.fault.at_step = 1;
-  o.fault.prompt_marker = "FAULT";
-  ModelPipeline p(ServingConfig::from_file(kConfig), o);
+  ModelPipeline p(ServingConfig::from_file(kConfig), faulty_options({2}));
   p.load();
   Harness h(p);
-  pb::GenerateRequest bad = tiny_request();
-  bad.set_prompt("please FAULT here");
-  const JobSnapshot failed = h.wait(h.submit(bad));
-  EXPECT_EQ(failed.state, JobState::Failed);
-  EXPECT_EQ(failed.error_code, StatusCode::Internal);
-  EXPECT_NE(failed.error_message.find("fault injection"), std::string::npos) << failed.error_message;
+  expect_fault_fails(h);
 
   Gate gate;
   h.set_gate(&gate);
