@@ -5,12 +5,11 @@
 # in two back-to-back calls (the machine keeps /tmp while it stays warm, 30 s between calls):
 #   call 1: carry [".server-run/libs.part.aa", ...]  command: cp .server-run/libs.part.aa /tmp/  (plus other work)
 #   call 2: carry [".server-run/libs.part.ab", ".server-run/bin.tar.xz"]  command: scripts/server-gpu-run.sh
-# Usage: scripts/stage-server-run.sh [BUILD_DIR]   (output in .server-run/, git-ignored)
+# Usage: scripts/stage-server-run.sh [BUILD_DIR]   (output in .server-run/, ignored by .gitignore)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${1:-build}"
 out=.server-run
-grep -qx "/$out/" .git/info/exclude 2>/dev/null || echo "/$out/" >> .git/info/exclude
 rm -rf "$out" && mkdir -p "$out"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
