@@ -15,9 +15,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/bin" "$tmp/libs"
 cp "$build/server/stavid_server" "$build/client/stavid" "$tmp/bin/"
-# Everything the binaries load except glibc and the CUDA libraries the GPU machine has.
+# Everything the binaries load except glibc and the CUDA libraries (and NCCL) the GPU machine has.
 ldd "$tmp/bin/stavid_server" "$tmp/bin/stavid" | awk '/=>/ {print $3}' | sort -u |
-  grep -v -E '/(libc|libm|libpthread|libdl|librt|ld-linux-x86-64|libcuda|libcudart|libcublas|libcublasLt)\.so' |
+  grep -v -E '/(libc|libm|libpthread|libdl|librt|ld-linux-x86-64|libcuda|libcudart|libcublas|libcublasLt|libnccl)\.so' |
   while read -r lib; do cp -L "$lib" "$tmp/libs/"; done
 tar cJf "$out/bin.tar.xz" -C "$tmp" bin
 tar cf - -C "$tmp" libs | xz -6 -T0 > "$tmp/libs.tar.xz"
