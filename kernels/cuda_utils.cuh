@@ -105,6 +105,34 @@ inline unsigned grid_for(int64_t work_items, int threads, int64_t max_blocks = 6
   return static_cast<unsigned>(b);
 }
 
+// ---- PTX-level helpers shared by the attention kernels ----
+
+// Shared-memory address of a generic pointer (for ldmatrix, cp.async, TMA, wgmma descriptors).
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 2^x on the SFU (ex2.approx: 2 ulp, flushes denormals; -inf -> +0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Two floats rounded to T (bf16 or f16) and packed into one 32-bit register, low half first.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
 }  // namespace stavid::cuda
 
 // Runs `body` with `T` bound to the storage type of `dtype`: STAVID_DISPATCH_DTYPE(p.dtype, { f<T>(); })

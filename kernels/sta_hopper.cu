@@ -32,10 +32,15 @@
 
 #include "kernels/core/cuda_check.h"
 #include "kernels/core/error.h"
+#include "kernels/cuda_utils.cuh"
 #include "kernels/sta.h"
 
 namespace stavid::detail {
 namespace {
+
+using cuda::fast_exp2;
+using cuda::pack2;
+using cuda::smem_u32;
 
 constexpr int kHopperD = 128;
 constexpr int kHopperBM = 128;  // query rows per CTA (2 consumer warpgroups x 64)
@@ -65,10 +70,6 @@ struct HopperArgs {
 
 #if defined(STAVID_HOPPER_DEVICE)
 // ---- PTX wrappers (sm_90a) ----
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
@@ -146,16 +147,6 @@ __device__ __forceinline__ void setmaxnreg_inc() {
 template <uint32_t kRegs>
 __device__ __forceinline__ void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-}
-
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
 }
 
 // S (64 x 128, fp32) (+)= A (64 x 16, smem descriptor, K-major) * B (128 x 16, smem descriptor,
@@ -338,10 +329,10 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
     uint32_t pa[8][4];
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
-      pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+      pa[kk][0] = pack2<__nv_bfloat16>(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = pack2<__nv_bfloat16>(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = pack2<__nv_bfloat16>(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = pack2<__nv_bfloat16>(s[8 * kk + 6], s[8 * kk + 7]);
     }
     wgmma_fence();
 #pragma unroll
@@ -368,7 +359,7 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
     __nv_bfloat16* orow = ob + row * a.os[2] + (lane % 4) * 2;
 #pragma unroll
     for (int n = 0; n < 16; ++n)
-      *reinterpret_cast<uint32_t*>(orow + 8 * n) = pack_bf16(o[4 * n + 2 * rh] * inv, o[4 * n + 2 * rh + 1] * inv);
+      *reinterpret_cast<uint32_t*>(orow + 8 * n) = pack2<__nv_bfloat16>(o[4 * n + 2 * rh] * inv, o[4 * n + 2 * rh + 1] * inv);
   }
 #endif  // STAVID_HOPPER_DEVICE
 }

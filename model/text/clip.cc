@@ -101,11 +101,7 @@ ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& root, const std::
   } catch (const nlohmann::json::exception& e) {
     STAVID_THROW(ErrorCode::InvalidArgument, what, ": ", e.what());
   }
-  try {
-    c.validate();
-  } catch (const Error& e) {
-    STAVID_THROW(e.code(), what, ": ", e.message());
-  }
+  validate_in_context(c, what);
   return c;
 }
 

@@ -121,11 +121,7 @@ LlamaConfig LlamaConfig::from_json(const nlohmann::json& j, const std::string& w
   } catch (const nlohmann::json::exception& e) {
     STAVID_THROW(ErrorCode::InvalidArgument, what, ": ", e.what());
   }
-  try {
-    c.validate();
-  } catch (const Error& e) {
-    STAVID_THROW(e.code(), what, ": ", e.message());
-  }
+  validate_in_context(c, what);
   return c;
 }
 

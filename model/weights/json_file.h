@@ -14,4 +14,15 @@ namespace stavid {
 nlohmann::json read_json_file(const std::string& path, const std::string& what,
                               ErrorCode parse_error_code = ErrorCode::DataLoss);
 
+// Runs config.validate(), prefixing a failure's message with `what` ("Llama config <path>") and
+// keeping its code.
+template <typename Config>
+void validate_in_context(const Config& config, const std::string& what) {
+  try {
+    config.validate();
+  } catch (const Error& e) {
+    STAVID_THROW(e.code(), what, ": ", e.message());
+  }
+}
+
 }  // namespace stavid
