@@ -271,10 +271,10 @@ enum class StaKernel : uint8_t {
   Cpu,            // the CPU reference (any dtype, any head dim)
   PortableM128,   // sm_80+: mma.sync, 128 query rows per CTA (tile_tokens % 128 == 0)
   PortableM64,    // sm_80+: mma.sync, 64 query rows per CTA (tile_tokens % 64 == 0)
-  // sm_90a: TMA + wgmma, warp-specialized (kernels/sta_hopper.cu). DRAFT, not yet validated on a
-  // GPU: selected only with STAVID_STA_HOPPER=1 in the environment, on a compute capability 9.0
-  // device, for dense params (every window covers the grid, no text slots, no padded tiles,
-  // tile_tokens % 128 == 0, head_dim 128, bf16, host_windows given). Issue 9, first milestone.
+  // sm_90a: TMA + wgmma, warp-specialized (kernels/sta_hopper.cu). Opt-in until fully validated on
+  // a GPU: selected only with STAVID_STA_HOPPER=1 in the environment, on a compute capability 9.0
+  // device, for bf16, head_dim 128, tile_tokens % 128 == 0 (any windows, padded canvases, text
+  // slots). Issue 9.
   Hopper,
 };
 const char* sta_kernel_name(StaKernel k);
@@ -290,12 +290,12 @@ double sta_effective_flops(const StaAttentionParams& p, const StaWindow* host_wi
 namespace detail {
 void sta_attention_cpu(const StaAttentionParams& p);
 void sta_attention_cuda(const StaAttentionParams& p, StaKernel kernel, CudaStream stream);
-// The Hopper draft (StaKernel::Hopper); callable directly by tests on a dense case.
+// The Hopper kernel (StaKernel::Hopper); callable directly by tests on supported params.
 void sta_attention_hopper(const StaAttentionParams& p, CudaStream stream);
 // Whether `device` can run the sm_90a code (compute capability exactly 9.0).
 bool sta_hopper_device(int device);
-// Whether params fit the Hopper draft (dense windows etc., as listed at StaKernel::Hopper), ignoring
-// the environment switch and the device.
+// Whether params fit the Hopper kernel (as listed at StaKernel::Hopper), ignoring the environment
+// switch and the device.
 bool sta_hopper_supports(const StaAttentionParams& p);
 }  // namespace detail
 

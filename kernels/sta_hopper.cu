@@ -1,27 +1,43 @@
-// STA attention, Hopper path (sm_90a), FIRST MILESTONE: dense windows only, d = 128, bf16, no text
-// slots, no padded tiles. Compile-verified draft (issue 9), NOT yet validated on a GPU: it is only
-// selected with STAVID_STA_HOPPER=1 (kernels/sta.cc), and then only for params it supports.
+// STA attention, Hopper path (sm_90a): d = 128, bf16, tiles of a multiple of 128 tokens, any
+// per-head windows, padded canvases and text slots, image and text queries in one launch. Opt-in
+// (STAVID_STA_HOPPER=1, kernels/sta.cc) until validated on a GPU; the selector sends it only params
+// it supports (detail::sta_hopper_supports).
 //
 // CTA: 3 warpgroups (384 threads), 128 query rows (one query block of BM = 128 slots of one
-// batch x head), one CTA per SM (160 KB shared memory), 1-D grid head-major (as the portable kernel).
-// - Warpgroup 0, the producer, gives registers back (setmaxnreg.dec 40); one elected thread loads
-//   the Q block once and then walks THE visit list (sta_query_range / sta_visit_at, kernels/sta.h,
-//   blocks of BN = 128 keys), issuing TMA loads (cp.async.bulk.tensor.4d, 128-byte swizzle) of each
-//   K and V block into a 2-stage ring: it waits on the stage's `empty` mbarrier, arms its `full`
+// batch x head), one CTA per SM (160 KB shared memory). 1-D grid as in the portable kernel: first
+// every (text query block, batch x head), heads fastest (text blocks see every key: the longest work
+// starts first), then the image blocks head-major (a wave's CTAs share one head's K/V in L2). A query
+// block lies inside one tile (tile_tokens % 128 == 0) or inside the text, so all its rows share one
+// key range.
+// - Warpgroup 0, the producer, gives registers back (setmaxnreg.dec 40). Its warp 0 walks THE visit
+//   list (sta_query_range / sta_visit_at / sta_visit_next, kernels/sta.h, blocks of BN = 128 keys);
+//   lane 0 loads the Q block once and issues TMA loads (cp.async.bulk.tensor.4d, 128-byte swizzle) of
+//   each K and V block into a 2-stage ring: it waits on the stage's `empty` mbarrier, arms its `full`
 //   mbarrier with the byte count (arrive.expect_tx) and the TMA completes the transaction.
-// - Warpgroups 1 and 2, the consumers (setmaxnreg.inc 232), own 64 query rows each. Per visit: wait
-//   `full` (try_wait.parity), S = Q K^T with 8 wgmma m64n128k16 (A and B from shared memory through
-//   matrix descriptors of the 128B-swizzled K-major layout TMA writes), online softmax in the exp2
-//   domain on the fp32 accumulator fragment, O += P V with 8 wgmma m64n128k16 whose A operand is P in
-//   registers (bf16, the mma.sync A fragment layout) and whose B operand is V from shared memory
-//   (MN-major, transposed by the descriptor), then every consumer thread arrives on `empty`.
+// - Element masks: only the producer knows which visits need them (StaVisit::needs_mask: tiles with
+//   padded slots, the text tail). For such a visit the warp's 32 lanes evaluate sta_key_valid on the
+//   block's 128 keys (4 each) and ballot them into a 128-bit valid mask; lane 0 stores it in the
+//   stage's `s_valid` entry before the arrive on `full` (release; the consumers' wait acquires it).
+//   A fully visible block carries all ones. Keys past the sequence read as zero (TMA out-of-bounds
+//   fill) and are invalid in the mask too; keys that exist in memory but are invisible (padded slots,
+//   text slots past text_valid) are masked.
+// - Warpgroups 1 and 2, the consumers (setmaxnreg.inc 232), own 64 query rows each and run a dense
+//   loop over the visits. Per visit: wait `full` (try_wait.parity), S = Q K^T with 8 wgmma
+//   m64n128k16 (A and B from shared memory through matrix descriptors of the 128B-swizzled K-major
+//   layout TMA writes); only when the stage's valid mask is not all ones, invalid columns of S become
+//   -inf; online softmax in the exp2 domain on the fp32 accumulator fragment (a row with no valid key
+//   so far keeps m = -inf and adds nothing: no NaN); O += P V with 8 wgmma m64n128k16 whose A operand
+//   is P in registers (bf16, the mma.sync A fragment layout) and whose B operand is V from shared
+//   memory (MN-major, transposed by the descriptor), then every consumer thread arrives on `empty`.
+// - Epilogue: rows past the sequence and rows the o_row_map drops (padded slots) are not written,
+//   as in the portable kernel.
 // Shared memory: Q [2 halves][128 rows][64 cols] (32 KB), K and V [2 stages][2 halves][128][64]
 // (2 x 64 KB). A "half" is one TMA box: 64 bf16 = 128 bytes per row, the 128B swizzle atom width;
 // rows are 128 bytes apart and the swizzle repeats every 8 rows (1024 bytes), so every region is
 // 1024-byte aligned.
 //
-// Not in this milestone (the selector never sends them here): element masks (padded tiles, the
-// text tail), text slots, d = 64, fp16, a persistent scheduler, consumer ping-pong, a TMA store.
+// Not yet here (the selector sends them to the portable kernel): d = 64, fp16, tiles of 64 mod 128
+// tokens, a persistent scheduler, consumer ping-pong, a TMA store.
 #include <cuda.h>  // CUtensorMap and its enums only: the driver entry point is fetched at run time
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -60,7 +76,9 @@ struct HopperArgs {
   const StaWindow* windows;
   const int32_t* o_row_map;
   int32_t heads;
-  int32_t img_qblocks;
+  int32_t batch_heads;
+  int32_t text_qblocks;  // ceil(text_slots / BM) per batch x head
+  int32_t img_qblocks;   // img_slots / BM per batch x head
   float scale_log2;
 };
 
@@ -215,16 +233,28 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
 #if defined(STAVID_HOPPER_DEVICE)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t bars[5];  // full[2], empty[2], q_full
+  __shared__ uint4 s_valid[2];  // per stage: valid keys of the block in flight (bit 32 w + i: key 32 w + i)
   __shared__ int32_t s_visits;
   __shared__ StaTileRange s_range;
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sq = base + kSmemQ, sk = base + kSmemK, sv = base + kSmemV;
   const uint32_t full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[2]), q_full = smem_u32(&bars[4]);
 
-  const int bh = blockIdx.x / a.img_qblocks, qb = blockIdx.x % a.img_qblocks;
-  const int b = bh / a.heads, h = bh % a.heads;
   const StaGeometry& g = a.g;
-  const int32_t q_start = qb * kHopperBM;
+  int bh;
+  int32_t q_start;
+  {
+    const int text_ctas = a.text_qblocks * a.batch_heads;
+    if (static_cast<int>(blockIdx.x) < text_ctas) {
+      bh = blockIdx.x % a.batch_heads;
+      q_start = static_cast<int32_t>(g.img_slots) + static_cast<int32_t>(blockIdx.x / a.batch_heads) * kHopperBM;
+    } else {
+      const int idx = blockIdx.x - text_ctas;
+      bh = idx / a.img_qblocks;
+      q_start = (idx % a.img_qblocks) * kHopperBM;
+    }
+  }
+  const int b = bh / a.heads, h = bh % a.heads;
   const int wg = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
@@ -241,28 +271,44 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
   const int n_visits = s_visits;
 
   if (wg == 0) {
-    // ---- producer ----
+    // ---- producer: warp 0 walks the visit list, lane 0 issues the loads ----
     setmaxnreg_dec<40>();
-    if (threadIdx.x == 0) {
-      tma_prefetch_desc(&tm_q);
-      tma_prefetch_desc(&tm_k);
-      tma_prefetch_desc(&tm_v);
-      mbar_arrive_expect_tx(q_full, kTileBytes);
-      tma_load_4d(sq, &tm_q, q_full, 0, q_start, h, b);
-      tma_load_4d(sq + kHalfBytes, &tm_q, q_full, 64, q_start, h, b);
+    if (threadIdx.x < 32) {
+      const int lane = threadIdx.x;
+      if (lane == 0) {
+        tma_prefetch_desc(&tm_q);
+        tma_prefetch_desc(&tm_k);
+        tma_prefetch_desc(&tm_v);
+        mbar_arrive_expect_tx(q_full, kTileBytes);
+        tma_load_4d(sq, &tm_q, q_full, 0, q_start, h, b);
+        tma_load_4d(sq + kHalfBytes, &tm_q, q_full, 64, q_start, h, b);
+      }
       const StaTileRange r = s_range;
       StaVisit v{};
       for (int j = 0; j < n_visits; ++j) {
         const int st = j & 1;
-        if (j >= 2) mbar_wait(empty0 + 8 * st, ((j >> 1) + 1) & 1);
         v = j == 0 ? sta_visit_at(g, r, kHopperBN, 0) : sta_visit_next(g, r, kHopperBN, j - 1, v);
-        const int32_t key = static_cast<int32_t>(v.key_start);
-        const uint32_t bar = full0 + 8 * st;
-        mbar_arrive_expect_tx(bar, 2 * kTileBytes);
-        tma_load_4d(sk + st * kTileBytes, &tm_k, bar, 0, key, h, b);
-        tma_load_4d(sk + st * kTileBytes + kHalfBytes, &tm_k, bar, 64, key, h, b);
-        tma_load_4d(sv + st * kTileBytes, &tm_v, bar, 0, key, h, b);
-        tma_load_4d(sv + st * kTileBytes + kHalfBytes, &tm_v, bar, 64, key, h, b);
+        // The block's valid keys (computed while the stage may still be in use): lane i holds keys
+        // 32 w + i of ballot w. Rows past the sequence are invalid (sta_key_valid) and zero in memory.
+        uint4 valid = make_uint4(~0u, ~0u, ~0u, ~0u);
+        if (v.needs_mask) {
+          valid.x = __ballot_sync(0xffffffffu, sta_key_valid(g, v.key_start + lane));
+          valid.y = __ballot_sync(0xffffffffu, sta_key_valid(g, v.key_start + 32 + lane));
+          valid.z = __ballot_sync(0xffffffffu, sta_key_valid(g, v.key_start + 64 + lane));
+          valid.w = __ballot_sync(0xffffffffu, sta_key_valid(g, v.key_start + 96 + lane));
+        }
+        if (lane == 0) {
+          if (j >= 2) mbar_wait(empty0 + 8 * st, ((j >> 1) + 1) & 1);
+          s_valid[st] = valid;  // published by the arrive below (release), read after `full` (acquire)
+          const int32_t key = static_cast<int32_t>(v.key_start);
+          const uint32_t bar = full0 + 8 * st;
+          mbar_arrive_expect_tx(bar, 2 * kTileBytes);
+          tma_load_4d(sk + st * kTileBytes, &tm_k, bar, 0, key, h, b);
+          tma_load_4d(sk + st * kTileBytes + kHalfBytes, &tm_k, bar, 64, key, h, b);
+          tma_load_4d(sv + st * kTileBytes, &tm_v, bar, 0, key, h, b);
+          tma_load_4d(sv + st * kTileBytes + kHalfBytes, &tm_v, bar, 64, key, h, b);
+        }
+        __syncwarp();
       }
     }
     return;
@@ -281,6 +327,7 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
   for (int j = 0; j < n_visits; ++j) {
     const int st = j & 1;
     mbar_wait(full0 + 8 * st, (j >> 1) & 1);
+    const uint4 valid = s_valid[st];
     const uint32_t skj = sk + st * kTileBytes, svj = sv + st * kTileBytes;
 
     // S = Q K^T (64 x 128 per consumer warpgroup)
@@ -291,8 +338,21 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
     wgmma_wait<0>();
     fence_regs(s);
 
+    // Element masks, only on blocks the producer flagged (padded slots, the text tail): this
+    // thread's columns are 8 n + 2 (lane % 4) + e, i.e. bit 8 (n % 4) + 2 (lane % 4) + e of word n / 4.
+    if ((valid.x & valid.y & valid.z & valid.w) != ~0u) {
+      const uint32_t sh = 2 * (lane % 4);
+      const uint32_t vw[4] = {valid.x >> sh, valid.y >> sh, valid.z >> sh, valid.w >> sh};
+#pragma unroll
+      for (int n = 0; n < 16; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          if (!((vw[n / 4] >> (8 * (n % 4) + e)) & 1u)) s[4 * n + e] = s[4 * n + 2 + e] = -INFINITY;
+    }
+
     // Online softmax, exp2 domain. Thread rows: lane / 4 (values 4 n + 0, 1) and lane / 4 + 8
-    // (4 n + 2, 3) of the warp's 16 rows; a row's 128 columns are spread over the lane quad.
+    // (4 n + 2, 3) of the warp's 16 rows; a row's 128 columns are spread over the lane quad. A row
+    // whose keys so far are all masked has m = -inf: alpha 0, base 0, P = 0 (no NaN).
     float alpha[2];
 #pragma unroll
     for (int rh = 0; rh < 2; ++rh) {
@@ -416,10 +476,9 @@ bool sta_hopper_device(int device) {
 }
 
 void sta_attention_hopper(const StaAttentionParams& p, CudaStream stream) {
-  STAVID_CHECK_CODE(p.dtype == DType::BF16 && p.head_dim == kHopperD && p.geom.text_slots == 0 &&
-                        p.geom.tile_tokens % kHopperBM == 0,
-                    ErrorCode::Unsupported, "STA Hopper: this draft takes bf16, head_dim 128, no text slots and "
-                                            "tiles of a multiple of 128 tokens");
+  STAVID_CHECK_CODE(p.dtype == DType::BF16 && p.head_dim == kHopperD && p.geom.tile_tokens % kHopperBM == 0,
+                    ErrorCode::Unsupported,
+                    "STA Hopper: this kernel takes bf16, head_dim 128 and tiles of a multiple of 128 tokens");
   static bool configured = [] {
     STAVID_CUDA_CHECK(
         cudaFuncSetAttribute(sta_hopper_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
@@ -437,10 +496,13 @@ void sta_attention_hopper(const StaAttentionParams& p, CudaStream stream) {
   a.windows = p.windows;
   a.o_row_map = p.o_row_map;
   a.heads = p.heads;
+  a.batch_heads = p.batch * p.heads;
   const int64_t img_qblocks = p.geom.img_slots / kHopperBM;
-  const int64_t ctas = img_qblocks * p.batch * p.heads;
+  const int64_t text_qblocks = (p.geom.text_slots + kHopperBM - 1) / kHopperBM;
+  const int64_t ctas = (img_qblocks + text_qblocks) * p.batch * p.heads;
   STAVID_CHECK(ctas < (int64_t(1) << 31), "STA Hopper: ", ctas, " CTAs exceed one launch's grid");
   a.img_qblocks = static_cast<int32_t>(img_qblocks);
+  a.text_qblocks = static_cast<int32_t>(text_qblocks);
   const float scale = p.softmax_scale > 0.f ? p.softmax_scale : 1.f / sqrtf(static_cast<float>(p.head_dim));
   a.scale_log2 = scale * 1.4426950408889634f;
   sta_hopper_kernel<<<static_cast<unsigned>(ctas), kHopperThreads, kSmemBytes, stream>>>(tq, tk, tv, a);

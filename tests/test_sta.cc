@@ -856,7 +856,7 @@ TEST(StaAttentionCuda, MatchesFp64ReferenceFa3Rule) {
   EXPECT_EQ(checked, 8 * 2);
 }
 
-// ---------------- the Hopper draft (issue 9, first milestone) ----------------
+// ---------------- the Hopper kernel (issue 9) ----------------
 
 // Sets STAVID_STA_HOPPER for one scope and restores the previous value.
 class ScopedEnv {
@@ -878,9 +878,10 @@ class ScopedEnv {
   std::string old_;
 };
 
-// Dense cases the draft takes: bf16, d = 128, no text, tiles of 128 / 384 tokens dividing the
-// canvas, every window covering the grid. Outputs must follow the same FA3 rule as the portable kernel.
-[[maybe_unused]] std::vector<AttnCase> hopper_dense_cases() {
+// Cases the Hopper kernel takes: bf16, d = 128, tiles of 128 / 384 tokens, any per-head windows
+// (dense and sparse mixed in one launch), padded canvases, text slots. Outputs must follow the same
+// FA3 rule as the portable kernel. Canvases stay small: the fp64 reference dominates the test's time.
+[[maybe_unused]] std::vector<AttnCase> hopper_cases() {
   std::vector<AttnCase> cs;
   // 128-token tiles, grid 1x2x2 (512 keys: 4 visits, the 2-stage ring wraps twice), 2 heads.
   cs.push_back({{2, 16, 16}, {2, 8, 8}, 0, 0, {{5, 6, 10}, {1, 3, 3}}, 128, 2});
@@ -889,10 +890,35 @@ class ScopedEnv {
                 0.5f});
   // Padded strides, one batch item, a longer key loop (grid 2x2x4: 16 tiles x 128 = 2048 keys).
   cs.push_back({{4, 16, 32}, {2, 8, 8}, 0, 0, {{3, 3, 7}}, 128, 1, Layout::BhsdPadded, Layout::BhsdPadded});
+  // Sparse: grid 3x3x4 of 128-token tiles, windows clamped at the borders, mixed per head
+  // (a 1-tile window, an even window, the calibrated shapes, a full one).
+  cs.push_back({{6, 24, 32}, {2, 8, 8}, 0, 0, {{1, 1, 1}, {3, 3, 3}, {2, 2, 4}, {3, 1, 3}, {5, 6, 10}}, 128, 1});
+  // Sparse with the paper's 384-token tile: grid 3x3x3, (3,3,3) at the borders and (1,3,1), batch 2.
+  cs.push_back({{18, 24, 24}, {6, 8, 8}, 0, 0, {{3, 3, 3}, {1, 3, 1}}, 128, 2, Layout::Bshd, Layout::Bshd});
+  // Padded canvas: 5x20x28 on 2x8x8 tiles is a 3x3x4 grid padded on every axis (masked key blocks
+  // in 24 of 36 tiles), windows clamped at the borders.
+  cs.push_back({{5, 20, 28}, {2, 8, 8}, 0, 0, {{3, 3, 3}, {1, 1, 1}}, 128, 1});
+  // Text, 50 of 77 slots valid: one text key block, masked, running past the sequence; one text
+  // query block (rows past the sequence not written).
+  cs.push_back({{2, 16, 16}, {2, 8, 8}, 77, 50, {{1, 1, 1}, {3, 3, 3}}, 128, 1});
+  // Every text slot valid (200 of 200): the second text block is masked only past the sequence.
+  cs.push_back({{4, 16, 16}, {2, 8, 8}, 200, 200, {{1, 1, 1}, {5, 6, 10}}, 128, 1});
+  // One valid text slot of 64.
+  cs.push_back({{4, 16, 16}, {2, 8, 8}, 64, 1, {{1, 3, 1}}, 128, 1});
+  // Text + padding + mixed windows: grid 3x2x3 padded on every axis, 120 of 150 text slots valid,
+  // [batch, seq, heads, dim] layout, batch 2 (text CTAs of 6 batch x heads first in the grid).
+  cs.push_back({{5, 13, 20}, {2, 8, 8}, 150, 120, {{3, 3, 3}, {1, 3, 1}, {2, 2, 2}}, 128, 2, Layout::Bshd,
+                Layout::Bshd});
+  // 384-token tiles padded in t (3 of 6 frames: the tile's third 128-key block holds no real key)
+  // and in h, with text; padded strides.
+  cs.push_back({{9, 12, 16}, {6, 8, 8}, 40, 33, {{1, 1, 1}, {3, 1, 3}}, 128, 1, Layout::BhsdPadded,
+                Layout::BhsdPadded});
+  // Text only (no image frame): text query blocks over the valid text keys alone.
+  cs.push_back({{0, 8, 16}, {2, 8, 8}, 200, 150, {{1, 1, 1}}, 128, 1});
   return cs;
 }
 
-TEST(StaSelector, HopperDraftOnlyWhenOptedInAndDense) {
+TEST(StaSelector, HopperOnlyWhenOptedInAndSupported) {
   alignas(16) static char buf[256];
   const std::vector<StaWindow> dense(2, StaWindow{5, 6, 10}), sparse(2, StaWindow{3, 3, 3});
   StaAttentionParams p;
@@ -907,10 +933,10 @@ TEST(StaSelector, HopperDraftOnlyWhenOptedInAndDense) {
   {
     StaAttentionParams q = p;
     q.host_windows = sparse.data();
-    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "(3,3,3) on a 5x6x10 grid is not dense";
+    EXPECT_TRUE(detail::sta_hopper_supports(q)) << "(3,3,3) on a 5x6x10 grid: sparse, whole tiles";
     q = p;
     q.host_windows = nullptr;
-    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "windows unknown on the host";
+    EXPECT_TRUE(detail::sta_hopper_supports(q)) << "windows unknown on the host: any window runs";
     q = p;
     q.dtype = DType::F16;
     EXPECT_FALSE(detail::sta_hopper_supports(q));
@@ -919,10 +945,19 @@ TEST(StaSelector, HopperDraftOnlyWhenOptedInAndDense) {
     EXPECT_FALSE(detail::sta_hopper_supports(q));
     q = p;
     q.geom = geom({10, 48, 80}, {2, 8, 8}, 256, 200);
-    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "text slots";
+    EXPECT_TRUE(detail::sta_hopper_supports(q)) << "text slots";
     q = p;
     q.geom = geom({10, 45, 80}, {2, 8, 8});
-    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "padded tiles";
+    EXPECT_TRUE(detail::sta_hopper_supports(q)) << "padded tiles";
+    q = p;
+    q.geom = geom({33, 45, 80}, {6, 8, 8}, 256, 200);
+    EXPECT_TRUE(detail::sta_hopper_supports(q)) << "720p canvas, 384-token tiles, text";
+    q = p;
+    q.geom = geom({0, 8, 16}, {2, 8, 8}, 77, 50);
+    EXPECT_TRUE(detail::sta_hopper_supports(q)) << "text only";
+    q = p;
+    q.geom = geom({33, 45, 80}, {3, 8, 8});
+    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "192-token tiles";
     q = p;
     q.geom = geom({10, 48, 80}, {1, 8, 8});
     EXPECT_FALSE(detail::sta_hopper_supports(q)) << "64-token tiles";
@@ -938,14 +973,14 @@ TEST(StaSelector, HopperDraftOnlyWhenOptedInAndDense) {
   EXPECT_EQ(select_sta_kernel(p), StaKernel::PortableM128);
 }
 
-TEST(StaAttentionHopper, DenseMatchesFp64ReferenceFa3Rule) {
+TEST(StaAttentionHopper, MatchesFp64ReferenceFa3Rule) {
   STAVID_REQUIRE_CUDA();
 #if defined(STAVID_WITH_CUDA)
-  if (!detail::sta_hopper_device(0)) GTEST_SKIP() << "the Hopper draft needs a compute capability 9.0 device";
+  if (!detail::sta_hopper_device(0)) GTEST_SKIP() << "the Hopper kernel needs a compute capability 9.0 device";
   ScopedEnv on("STAVID_STA_HOPPER", "1");
   int checked = 0;
   uint32_t seed = 9000;
-  for (const AttnCase& c : hopper_dense_cases()) {
+  for (const AttnCase& c : hopper_cases()) {
     const DType dt = DType::BF16;
     const AttnInputs in = make_inputs(c, dt, seed += 3);
     StaKernel kernel{};
@@ -959,13 +994,13 @@ TEST(StaAttentionHopper, DenseMatchesFp64ReferenceFa3Rule) {
     EXPECT_LE(nmse(cmp.out, cmp.ref), 5e-4) << c.str(dt) << " [hopper]";
     ++checked;
   }
-  EXPECT_EQ(checked, 3);
-  // A sparse window falls back to the portable kernel even with the switch on.
-  AttnCase sparse{{2, 16, 16}, {2, 8, 8}, 0, 0, {{1, 1, 1}}, 128, 1};
-  const AttnInputs in = make_inputs(sparse, DType::BF16, 9100);
+  EXPECT_EQ(checked, 12);
+  // 64-token tiles fall back to the portable kernel even with the switch on.
+  AttnCase small_tiles{{2, 16, 16}, {1, 8, 8}, 77, 50, {{1, 1, 1}}, 128, 1};
+  const AttnInputs in = make_inputs(small_tiles, DType::BF16, 9100);
   StaKernel kernel{};
-  (void)run_attention(sparse, in, DType::BF16, Device::cuda(0), &kernel);
-  EXPECT_EQ(kernel, StaKernel::PortableM128);
+  (void)run_attention(small_tiles, in, DType::BF16, Device::cuda(0), &kernel);
+  EXPECT_EQ(kernel, StaKernel::PortableM64);
 #endif
 }
 
