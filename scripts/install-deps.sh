@@ -35,6 +35,8 @@ test_packages=(
   prometheus
   # tests/deploy: YAML parsing and lint, `docker-compose config`, Node.js for the Kubernetes schemas
   python3 python3-yaml yamllint docker-compose
+  # tools/demo/check_video.py + checker.py (the demo model's quality check in ctest demo_quality)
+  python3-numpy
 )
 packages=("${build_packages[@]}")
 if [ "$build_only" = 0 ]; then

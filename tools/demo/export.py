@@ -8,6 +8,8 @@ config (docs/serving-config.md) that serves it:
   OUT/tokenizer/tokenizer.json, OUT/tokenizer_2/tokenizer.json        (HF tokenizer.json)
   OUT/serving.json                                                    ({"models": [entry]}, paths relative to OUT)
   OUT/export.json                                                     (sizes, parameter counts, sources)
+  OUT/heldout.json                                                    (the 20 evaluation prompts, dataset.heldout_prompts;
+                                                                       check_video.py reads them without torch)
 
 Usage: python3 tools/demo/export.py --run RUN --out DIR [--dit sta|dit|auto] [--name demo]
 """
@@ -21,6 +23,7 @@ from collections import OrderedDict
 import torch
 
 import common as C
+import dataset as D
 import demo_tokenizer as T
 
 
@@ -97,6 +100,9 @@ def export(run: str, out: str, which: str = "auto", name: str = "demo") -> dict:
         shutil.copyfile(os.path.join(run, sub, "tokenizer.json"), os.path.join(out, sub, "tokenizer.json"))
         sizes[sub] = os.path.getsize(os.path.join(out, sub, "tokenizer.json"))
 
+    with open(os.path.join(out, "heldout.json"), "w") as f:
+        json.dump(D.heldout_prompts(20), f, indent=1)
+        f.write("\n")
     entry = serving_entry(spec, name)
     with open(os.path.join(out, "serving.json"), "w") as f:
         json.dump({"models": [entry]}, f, indent=2)

@@ -207,6 +207,14 @@ def stage_vae(args, spec, device, log):
     while step < total and not budget.over():
         F_, H, W = sizes[step % 2]
         x = D.make_batch(g, B, F_, H, W, "train", device=device).video
+        if args.crop and args.crop < min(H, W):
+            # Random crops (multiples of 8 pixels) of full-size renders: the same object scale as the
+            # native clips at a fraction of the cost per step (the VAE is convolutional; its mid-block
+            # attention then sees the crop).
+            c = args.crop - args.crop % 8
+            y0 = 8 * int(torch.randint((H - c) // 8 + 1, (1,), generator=g))
+            x0_ = 8 * int(torch.randint((W - c) // 8 + 1, (1,), generator=g))
+            x = x[..., y0:y0 + c, x0_:x0_ + c].contiguous()
         with C.autocast(device):
             mean, logvar = vae.encode(x)
             z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
@@ -312,10 +320,25 @@ def stage_dit(args, spec, device, log, sta: bool = False):
     windows = C.sta_windows(spec)
     dense = C.Attention("dense", impl=args.attn_impl, record=sta)
     student_attn = C.Attention("sta", spec.tile, windows, impl=args.attn_impl, record=sta) if sta else dense
+    # A pool of encoded batches: rendering + VAE-encoding a batch costs more than a DiT step, so each
+    # batch serves about `reuse` steps (fresh noise and timesteps every time), drawn at random from
+    # the last `pool` batches. reuse 1 = a fresh batch every step.
+    pool, pool_size, batch_s = [], max(1, args.pool), 0.0
     while step < total and not budget.over():
         use_native = sta or _progress(step, total, budget) >= args.native_from
         size, B = (native, B_nat) if use_native else (low, B_low)
-        x0, c, _ = cond.batch(g, B, size)
+        pool = [e for e in pool if e[0] == size]
+        if len(pool) < min(pool_size, 4) or torch.rand(1, generator=g).item() < 1.0 / max(1, args.reuse):
+            t0 = time.time()
+            x0, c, _ = cond.batch(g, B, size)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            batch_s += time.time() - t0
+            pool.append((size, x0, c))
+            if len(pool) > pool_size:
+                pool.pop(0)
+        else:
+            _, x0, c = pool[int(torch.randint(len(pool), (1,), generator=g))]
         xt, t, target, guidance = _flow_inputs(g, x0, spec.flow_shift, device)
         with C.autocast(device):
             v = dit(xt, t, c["text"], c["text_mask"], c["pooled"], guidance, student_attn).float()
@@ -341,7 +364,7 @@ def stage_dit(args, spec, device, log, sta: bool = False):
         step += 1
         if step % args.log_every == 0 or step == total:
             log(stage=name, step=step, loss=float(loss), data=float(data), size=list(size), batch=B,
-                t=round(budget.elapsed(), 1), **extra)
+                t=round(budget.elapsed(), 1), batch_s=round(batch_s, 1), **extra)
         if args.save_every and step % args.save_every == 0:
             _save_stage(folder, name, OrderedDict(w=dit.w), opt, step, {}, save_opt=not args.no_optimizer_state)
     _save_stage(folder, name, OrderedDict(w=dit.w), opt, step,
@@ -366,6 +389,9 @@ def main():
                     help="DiT: fraction of the steps trained at the low size before switching to the native size")
     ap.add_argument("--attn-impl", default="auto", choices=["auto", "flex", "sdpa", "math"])
     ap.add_argument("--tokenizer-backend", default="auto", choices=["auto", "hf", "python"])
+    ap.add_argument("--crop", type=int, default=0, help="VAE stage: train on random square crops of this many pixels")
+    ap.add_argument("--reuse", type=int, default=1, help="DiT/STA stages: steps per encoded batch (on average)")
+    ap.add_argument("--pool", type=int, default=32, help="DiT/STA stages: encoded batches kept for reuse")
     ap.add_argument("--no-optimizer-state", action="store_true", help="checkpoints without the Adam moments")
     args = ap.parse_args()
     C.set_threads()
@@ -378,6 +404,7 @@ def main():
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # a few fixed conv shapes per stage: pick the fastest algorithms once
     if args.stage == "text":
         stage_text(args, spec, device, log)
     elif args.stage == "vae":
