@@ -84,9 +84,11 @@ bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u
 
 namespace detail {
 bool sta_hopper_supports(const StaAttentionParams& p) {
-  // bf16, d = 128 and 128-row query blocks that each lie in one tile (or in the text). Windows,
-  // padded canvases and text slots are all handled (element masks on the blocks the visit list flags).
-  return p.dtype == DType::BF16 && p.head_dim == 128 && p.geom.tile_tokens % 128 == 0;
+  // bf16 / fp16, d = 64 / 128, query blocks of 128 rows (tile_tokens % 128 == 0) or 64 rows
+  // (tile_tokens % 64 == 0) that each lie in one tile or in the text. Windows, padded canvases and
+  // text slots are all handled (element masks on the blocks the visit list flags).
+  return (p.dtype == DType::BF16 || p.dtype == DType::F16) && (p.head_dim == 64 || p.head_dim == 128) &&
+         p.geom.tile_tokens % 64 == 0;
 }
 }  // namespace detail
 

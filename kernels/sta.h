@@ -273,8 +273,8 @@ enum class StaKernel : uint8_t {
   PortableM64,    // sm_80+: mma.sync, 64 query rows per CTA (tile_tokens % 64 == 0)
   // sm_90a: TMA + wgmma, warp-specialized (kernels/sta_hopper.cu). Opt-in until fully validated on
   // a GPU: selected only with STAVID_STA_HOPPER=1 in the environment, on a compute capability 9.0
-  // device, for bf16, head_dim 128, tile_tokens % 128 == 0 (any windows, padded canvases, text
-  // slots). Issue 9.
+  // device, for bf16 / fp16, head_dim 64 / 128, tile_tokens % 64 == 0 (any windows, padded
+  // canvases, text slots): all the params the portable kernels take. Issue 9.
   Hopper,
 };
 const char* sta_kernel_name(StaKernel k);

@@ -1,50 +1,53 @@
-// STA attention, Hopper path (sm_90a): d = 128, bf16, tiles of a multiple of 128 tokens, any
-// per-head windows, padded canvases and text slots, image and text queries in one launch. Opt-in
-// (STAVID_STA_HOPPER=1, kernels/sta.cc) until validated on a GPU; the selector sends it only params
-// it supports (detail::sta_hopper_supports).
+// STA attention, Hopper path (sm_90a): TMA + wgmma, warp-specialized. bf16 and fp16, d = 64 and 128,
+// tiles of a multiple of 64 tokens, any per-head windows, padded canvases and text slots, image and
+// text queries in one launch. Opt-in (STAVID_STA_HOPPER=1, kernels/sta.cc) until validated on a
+// GPU; the selector sends it only params it supports (detail::sta_hopper_supports).
 //
-// CTA: 3 warpgroups (384 threads), 128 query rows (one query block of BM = 128 slots of one
-// batch x head), one CTA per SM (160 KB shared memory). 1-D grid as in the portable kernel: first
-// every (text query block, batch x head), heads fastest (text blocks see every key: the longest work
-// starts first), then the image blocks head-major (a wave's CTAs share one head's K/V in L2). A query
-// block lies inside one tile (tile_tokens % 128 == 0) or inside the text, so all its rows share one
-// key range.
-// - Warpgroup 0, the producer, gives registers back (setmaxnreg.dec 40). Its warp 0 walks THE visit
-//   list (sta_query_range / sta_visit_at / sta_visit_next, kernels/sta.h, blocks of BN = 128 keys);
-//   lane 0 loads the Q block once and issues TMA loads (cp.async.bulk.tensor.4d, 128-byte swizzle) of
-//   each K and V block into a 2-stage ring: it waits on the stage's `empty` mbarrier, arms its `full`
+// Two CTA shapes (HopperCfg), both with a query block of BM rows that lies inside one tile (or
+// inside the text), so all its rows share one key range:
+// - tile_tokens % 128 == 0: 3 warpgroups (384 threads), BM = 128 query rows (2 consumer
+//   warpgroups x 64), key blocks of BN = 128, one CTA per SM;
+// - tile_tokens % 128 == 64: 2 warpgroups (256 threads), BM = 64 (1 consumer warpgroup), BN = 64,
+//   two CTAs per SM (so one CTA's softmax overlaps the other's wgmma).
+// 1-D grid as in the portable kernel: first every (text query block, batch x head), heads fastest
+// (text blocks see every key: the longest work starts first), then the image blocks head-major (a
+// wave's CTAs share one head's K/V in L2).
+// - Warpgroup 0, the producer, gives registers back (setmaxnreg.dec). Its warp 0 walks THE visit
+//   list (sta_query_range / sta_visit_at / sta_visit_next, kernels/sta.h, blocks of BN keys); lane 0
+//   loads the Q block once and issues TMA loads (cp.async.bulk.tensor.4d, 128-byte swizzle) of each
+//   K and V block into a 2-stage ring: it waits on the stage's `empty` mbarrier, arms its `full`
 //   mbarrier with the byte count (arrive.expect_tx) and the TMA completes the transaction.
 // - Element masks: only the producer knows which visits need them (StaVisit::needs_mask: tiles with
 //   padded slots, the text tail). For such a visit the warp's 32 lanes evaluate sta_key_valid on the
-//   block's 128 keys (4 each) and ballot them into a 128-bit valid mask; lane 0 stores it in the
-//   stage's `s_valid` entry before the arrive on `full` (release; the consumers' wait acquires it).
-//   A fully visible block carries all ones. Keys past the sequence read as zero (TMA out-of-bounds
-//   fill) and are invalid in the mask too; keys that exist in memory but are invisible (padded slots,
+//   block's BN keys and ballot them into a BN-bit valid mask; lane 0 stores it in the stage's
+//   `s_valid` entry before the arrive on `full` (release; the consumers' wait acquires it). A fully
+//   visible block carries all ones. Keys past the sequence read as zero (TMA out-of-bounds fill)
+//   and are invalid in the mask too; keys that exist in memory but are invisible (padded slots,
 //   text slots past text_valid) are masked.
-// - Warpgroups 1 and 2, the consumers (setmaxnreg.inc 232), own 64 query rows each and run a dense
-//   loop over the visits. Per visit: wait `full` (try_wait.parity), S = Q K^T with 8 wgmma
-//   m64n128k16 (A and B from shared memory through matrix descriptors of the 128B-swizzled K-major
-//   layout TMA writes); only when the stage's valid mask is not all ones, invalid columns of S become
-//   -inf; online softmax in the exp2 domain on the fp32 accumulator fragment (a row with no valid key
-//   so far keeps m = -inf and adds nothing: no NaN); O += P V with 8 wgmma m64n128k16 whose A operand
-//   is P in registers (bf16, the mma.sync A fragment layout) and whose B operand is V from shared
-//   memory (MN-major, transposed by the descriptor), then every consumer thread arrives on `empty`.
+// - The consumers (setmaxnreg.inc) own 64 query rows each and run a dense loop over the visits.
+//   Per visit: wait `full` (try_wait.parity), S = Q K^T with d / 16 wgmma m64nBNk16 (A and B from
+//   shared memory through matrix descriptors of the 128B-swizzled K-major layout TMA writes); only
+//   when the stage's valid mask is not all ones, invalid columns of S become -inf; online softmax
+//   in the exp2 domain on the fp32 accumulator fragment (a row with no valid key so far keeps
+//   m = -inf and adds nothing: no NaN); O += P V with BN / 16 wgmma m64nDk16 whose A operand is P in
+//   registers (the mma.sync A fragment layout) and whose B operand is V from shared memory
+//   (MN-major, transposed by the descriptor), then every consumer thread arrives on `empty`.
 // - Epilogue: rows past the sequence and rows the o_row_map drops (padded slots) are not written,
 //   as in the portable kernel.
-// Shared memory: Q [2 halves][128 rows][64 cols] (32 KB), K and V [2 stages][2 halves][128][64]
-// (2 x 64 KB). A "half" is one TMA box: 64 bf16 = 128 bytes per row, the 128B swizzle atom width;
-// rows are 128 bytes apart and the swizzle repeats every 8 rows (1024 bytes), so every region is
-// 1024-byte aligned.
+// Shared memory: Q [d / 64 boxes][BM rows][64 cols], K and V [2 stages][d / 64 boxes][BN][64]. A
+// box is one TMA box: 64 16-bit values = 128 bytes per row, the 128B swizzle atom width; rows are
+// 128 bytes apart and the swizzle repeats every 8 rows (1024 bytes), so every region is 1024-byte
+// aligned. d = 128, BN = 128: 32 KB + 2 x 64 KB.
 //
-// Not yet here (the selector sends them to the portable kernel): d = 64, fp16, tiles of 64 mod 128
-// tokens, a persistent scheduler, consumer ping-pong, a TMA store.
+// Not yet here: a persistent scheduler, consumer ping-pong, more stages for d = 64, a TMA store.
 #include <cuda.h>  // CUtensorMap and its enums only: the driver entry point is fetched at run time
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
-#include <mutex>
+#include <type_traits>
 
 #include "kernels/core/cuda_check.h"
 #include "kernels/core/error.h"
@@ -52,25 +55,43 @@
 #include "kernels/sta.h"
 
 namespace stavid::detail {
+
+// Compile-time shape of one kernel instance: storage type T (bf16 or fp16), head dim kD (64 or
+// 128), kConsumers consumer warpgroups of 64 query rows, key blocks of kBN. (Outside the anonymous
+// namespace: members used only by the sm_90a body would warn as unreferenced in other passes.)
+template <typename T, int kD_, int kConsumers_, int kBN_>
+struct HopperCfg {
+  using Type = T;
+  static constexpr int kD = kD_, kConsumers = kConsumers_, kBN = kBN_;
+  static constexpr int kBM = 64 * kConsumers;  // query rows per CTA
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kCtasPerSm = kConsumers == 1 ? 2 : 1;
+  // setmaxnreg targets: 128 x 40 + 256 x 232 = 64,512 registers for one 384-thread CTA per SM;
+  // 128 x 40 + 128 x 216 = 32,768 (half the file) for each of two 256-thread CTAs.
+  static constexpr uint32_t kProducerRegs = 40, kConsumerRegs = kConsumers == 2 ? 232 : 216;
+  static constexpr int kBoxes = kD / 64;                       // 64-column TMA boxes per row
+  static constexpr int kQBox = kBM * 128, kKvBox = kBN * 128;  // bytes of one box
+  static constexpr int kQBytes = kBoxes * kQBox, kKvBytes = kBoxes * kKvBox;
+  static constexpr int kSmemQ = 0;
+  static constexpr int kSmemK = kSmemQ + kQBytes;                  // 2 stages
+  static constexpr int kSmemV = kSmemK + 2 * kKvBytes;             // 2 stages
+  static constexpr int kSmemBytes = kSmemV + 2 * kKvBytes + 1024;  // + slack to align the base to 1024
+  static constexpr int kMaskWords = kBN / 32;
+  static_assert(kD == 64 || kD == 128, "head dim");
+  static_assert((kConsumers == 2 && kBN == 128) || (kConsumers == 1 && kBN == 64), "CTA shape");
+  // Per CTA: dynamic + 1 KB static + the 1 KB the SM reserves; 228 KB per SM.
+  static_assert(kCtasPerSm * (kSmemBytes + 2048) <= 228 * 1024, "shared memory");
+};
+
 namespace {
 
 using cuda::fast_exp2;
 using cuda::pack2;
 using cuda::smem_u32;
 
-constexpr int kHopperD = 128;
-constexpr int kHopperBM = 128;  // query rows per CTA (2 consumer warpgroups x 64)
-constexpr int kHopperBN = 128;  // keys per visit
-constexpr int kHopperThreads = 384;
-constexpr int kHalfBytes = 128 * 128;                       // [128 rows][64 bf16] = one TMA box
-constexpr int kTileBytes = 2 * kHalfBytes;                  // 128 rows x 128 cols bf16
-constexpr int kSmemQ = 0;
-constexpr int kSmemK = kSmemQ + kTileBytes;                 // 2 stages
-constexpr int kSmemV = kSmemK + 2 * kTileBytes;             // 2 stages
-constexpr int kSmemBytes = kSmemV + 2 * kTileBytes + 1024;  // + slack to align the base to 1024
-
+template <typename T>
 struct HopperArgs {
-  __nv_bfloat16* o;
+  T* o;
   int64_t os[3];
   StaGeometry g;
   const StaWindow* windows;
@@ -120,8 +141,8 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
     if (clock64() - t0 > (1ll << 34)) __trap();
 }
 
-// One 4-D TMA box {64 cols, 128 rows, 1 head, 1 batch} at coordinates (c0, row, head, batch) into
-// shared memory, completing `bytes` of the transaction on `bar`. Rows past the tensor are zero.
+// One 4-D TMA box {64 cols, rows, 1 head, 1 batch} at coordinates (c0, row, head, batch) into shared
+// memory, completing its bytes of the transaction on `bar`. Rows past the tensor are zero.
 __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int32_t c0,
                                             int32_t row, int32_t head, int32_t batch) {
   asm volatile(
@@ -153,9 +174,10 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 // Keeps the compiler from moving accumulator reads/writes across the asynchronous wgmma.
-__device__ __forceinline__ void fence_regs(float (&d)[64]) {
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&d)[N]) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 template <uint32_t kRegs>
@@ -167,77 +189,118 @@ __device__ __forceinline__ void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 
-// S (64 x 128, fp32) (+)= A (64 x 16, smem descriptor, K-major) * B (128 x 16, smem descriptor,
+// ---- wgmma (fp32 accumulators, bf16 or fp16 inputs) ----
+
+// "+f" operands over 32 or 64 consecutive accumulator floats, and their register lists in the asm.
+#define STAVID_ACC8(p) \
+  "+f"((p)[0]), "+f"((p)[1]), "+f"((p)[2]), "+f"((p)[3]), "+f"((p)[4]), "+f"((p)[5]), "+f"((p)[6]), "+f"((p)[7])
+#define STAVID_ACC32(p) STAVID_ACC8(p), STAVID_ACC8((p) + 8), STAVID_ACC8((p) + 16), STAVID_ACC8((p) + 24)
+#define STAVID_ACC64(p) STAVID_ACC32(p), STAVID_ACC32((p) + 32)
+#define STAVID_REGS32                                                                                          \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define STAVID_REGS64                                                                                          \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "  \
+  "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+// D (+)= A * B^T, A and B from shared memory (K-major descriptors); operand `sc` != 0 accumulates.
+#define STAVID_WGMMA_SS(shape, ty, regs, a, b, sc)                                                                     \
+  "{\n.reg .pred p;\nsetp.ne.b32 p, " sc ", 0;\nwgmma.mma_async.sync.aligned." shape ".f32." ty "." ty " " regs ", " a \
+  ", " b ", p, 1, 1, 0, 0;\n}\n"
+// D += A * B, A from registers, B from shared memory transposed (MN-major: tnspB = 1).
+#define STAVID_WGMMA_RS(shape, ty, regs, a, b)                                                                    \
+  "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\nwgmma.mma_async.sync.aligned." shape ".f32." ty "." ty " " regs ", " a \
+  ", " b ", p, 1, 1, 1;\n}\n"
+
+template <typename T>
+constexpr bool kIsF16 = std::is_same_v<T, __half>;
+
+// S (64 x N, fp32) (+)= A (64 x 16, smem descriptor, K-major) * B (N x 16, smem descriptor,
 // K-major)^T. scale_d == 0 overwrites d.
-__device__ __forceinline__ void wgmma_ss_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-      "%64, %65, p, 1, 1, 0, 0;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  if constexpr (N == 128) {
+    if constexpr (kIsF16<T>)
+      asm volatile(STAVID_WGMMA_SS("m64n128k16", "f16", STAVID_REGS64, "%64", "%65", "%66")
+                   : STAVID_ACC64(d)
+                   : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    else
+      asm volatile(STAVID_WGMMA_SS("m64n128k16", "bf16", STAVID_REGS64, "%64", "%65", "%66")
+                   : STAVID_ACC64(d)
+                   : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  } else {
+    static_assert(N == 64, "wgmma_ss shape");
+    if constexpr (kIsF16<T>)
+      asm volatile(STAVID_WGMMA_SS("m64n64k16", "f16", STAVID_REGS32, "%32", "%33", "%34")
+                   : STAVID_ACC32(d)
+                   : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    else
+      asm volatile(STAVID_WGMMA_SS("m64n64k16", "bf16", STAVID_REGS32, "%32", "%33", "%34")
+                   : STAVID_ACC32(d)
+                   : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
 }
 
-// O (64 x 128, fp32) += A (64 x 16, registers: the mma.sync m16n8k16 A fragment per warp) * B (16 x
-// 128, smem descriptor, MN-major: V stored [keys][d], d contiguous, so B is transposed: tnspB = 1).
-__device__ __forceinline__ void wgmma_rs_m64n128k16(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, 1, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-      "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+// O (64 x N, fp32) += A (64 x 16, registers: the mma.sync m16n8k16 A fragment per warp) * B (16 x
+// N, smem descriptor, MN-major: V stored [keys][d], d contiguous, so B is transposed: tnspB = 1).
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
+  if constexpr (N == 128) {
+    if constexpr (kIsF16<T>)
+      asm volatile(STAVID_WGMMA_RS("m64n128k16", "f16", STAVID_REGS64, "{%64, %65, %66, %67}", "%68")
+                   : STAVID_ACC64(d)
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+    else
+      asm volatile(STAVID_WGMMA_RS("m64n128k16", "bf16", STAVID_REGS64, "{%64, %65, %66, %67}", "%68")
+                   : STAVID_ACC64(d)
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+  } else {
+    static_assert(N == 64, "wgmma_rs shape");
+    if constexpr (kIsF16<T>)
+      asm volatile(STAVID_WGMMA_RS("m64n64k16", "f16", STAVID_REGS32, "{%32, %33, %34, %35}", "%36")
+                   : STAVID_ACC32(d)
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+    else
+      asm volatile(STAVID_WGMMA_RS("m64n64k16", "bf16", STAVID_REGS32, "{%32, %33, %34, %35}", "%36")
+                   : STAVID_ACC32(d)
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+  }
 }
 
-__device__ __forceinline__ uint64_t desc_q(uint32_t sq, int wg, int ks) {
+template <typename Cfg>
+__device__ __forceinline__ uint64_t desc_q(uint32_t sq, int cw, int ks) {
   // A operand, K-major: rows of the consumer's 64-row slice, k-step ks (16 cols = 32 bytes).
-  return smem_desc(sq + (ks / 4) * kHalfBytes + wg * 64 * 128 + (ks % 4) * 32, 16, 1024);
+  return smem_desc(sq + (ks / 4) * Cfg::kQBox + cw * 64 * 128 + (ks % 4) * 32, 16, 1024);
 }
+template <typename Cfg>
 __device__ __forceinline__ uint64_t desc_k(uint32_t sk, int ks) {
-  // B operand of Q K^T, K-major: 128 key rows, k-step ks over the head dim.
-  return smem_desc(sk + (ks / 4) * kHalfBytes + (ks % 4) * 32, 16, 1024);
+  // B operand of Q K^T, K-major: BN key rows, k-step ks over the head dim.
+  return smem_desc(sk + (ks / 4) * Cfg::kKvBox + (ks % 4) * 32, 16, 1024);
 }
+template <typename Cfg>
 __device__ __forceinline__ uint64_t desc_v(uint32_t sv, int kk) {
   // B operand of P V, MN-major (N = head dim contiguous): k-step kk covers keys [16 kk, 16 kk + 16):
-  // 8 keys 128 bytes apart, the next 8 at SBO = 1024; the second 64 head-dim columns live in the
-  // other TMA box, LBO = one half.
-  return smem_desc(sv + kk * 16 * 128, kHalfBytes, 1024);
+  // 8 keys 128 bytes apart, the next 8 at SBO = 1024; head-dim columns 64-127 (d = 128) live in the
+  // other TMA box, LBO = one box.
+  return smem_desc(sv + kk * 16 * 128, Cfg::kKvBox, 1024);
 }
 #endif  // STAVID_HOPPER_DEVICE
 
-__global__ void __launch_bounds__(kHopperThreads, 1)
+template <typename Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     sta_hopper_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
-                      const __grid_constant__ CUtensorMap tm_v, const HopperArgs a) {
+                      const __grid_constant__ CUtensorMap tm_v, const HopperArgs<typename Cfg::Type> a) {
 #if defined(STAVID_HOPPER_DEVICE)
+  using T = typename Cfg::Type;
+  constexpr int kD = Cfg::kD, kBM = Cfg::kBM, kBN = Cfg::kBN, kBoxes = Cfg::kBoxes;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t bars[5];  // full[2], empty[2], q_full
-  __shared__ uint4 s_valid[2];  // per stage: valid keys of the block in flight (bit 32 w + i: key 32 w + i)
+  // Per stage: valid keys of the block in flight (bit i of word w: key 32 w + i).
+  __shared__ __align__(16) uint32_t s_valid[2][Cfg::kMaskWords];
   __shared__ int32_t s_visits;
   __shared__ StaTileRange s_range;
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sq = base + kSmemQ, sk = base + kSmemK, sv = base + kSmemV;
+  const uint32_t sq = base + Cfg::kSmemQ, sk = base + Cfg::kSmemK, sv = base + Cfg::kSmemV;
   const uint32_t full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[2]), q_full = smem_u32(&bars[4]);
 
   const StaGeometry& g = a.g;
@@ -247,11 +310,11 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
     const int text_ctas = a.text_qblocks * a.batch_heads;
     if (static_cast<int>(blockIdx.x) < text_ctas) {
       bh = blockIdx.x % a.batch_heads;
-      q_start = static_cast<int32_t>(g.img_slots) + static_cast<int32_t>(blockIdx.x / a.batch_heads) * kHopperBM;
+      q_start = static_cast<int32_t>(g.img_slots) + static_cast<int32_t>(blockIdx.x / a.batch_heads) * kBM;
     } else {
       const int idx = blockIdx.x - text_ctas;
       bh = idx / a.img_qblocks;
-      q_start = (idx % a.img_qblocks) * kHopperBM;
+      q_start = (idx % a.img_qblocks) * kBM;
     }
   }
   const int b = bh / a.heads, h = bh % a.heads;
@@ -259,54 +322,58 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < 2; ++s) {
-      mbar_init(full0 + 8 * s, 1);          // the producer's arrive.expect_tx
-      mbar_init(empty0 + 8 * s, 2 * 128);   // every consumer thread
+      mbar_init(full0 + 8 * s, 1);                        // the producer's arrive.expect_tx
+      mbar_init(empty0 + 8 * s, Cfg::kConsumers * 128);  // every consumer thread
     }
     mbar_init(q_full, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     s_range = sta_query_range(g, a.windows[h], q_start);
-    s_visits = sta_visit_count(g, s_range, kHopperBN);
+    s_visits = sta_visit_count(g, s_range, kBN);
   }
   __syncthreads();
   const int n_visits = s_visits;
 
   if (wg == 0) {
     // ---- producer: warp 0 walks the visit list, lane 0 issues the loads ----
-    setmaxnreg_dec<40>();
+    setmaxnreg_dec<Cfg::kProducerRegs>();
     if (threadIdx.x < 32) {
       const int lane = threadIdx.x;
       if (lane == 0) {
         tma_prefetch_desc(&tm_q);
         tma_prefetch_desc(&tm_k);
         tma_prefetch_desc(&tm_v);
-        mbar_arrive_expect_tx(q_full, kTileBytes);
-        tma_load_4d(sq, &tm_q, q_full, 0, q_start, h, b);
-        tma_load_4d(sq + kHalfBytes, &tm_q, q_full, 64, q_start, h, b);
+        mbar_arrive_expect_tx(q_full, Cfg::kQBytes);
+#pragma unroll
+        for (int x = 0; x < kBoxes; ++x) tma_load_4d(sq + x * Cfg::kQBox, &tm_q, q_full, 64 * x, q_start, h, b);
       }
-      const StaTileRange r = s_range;
+      const StaTileRange& r = s_range;  // read from shared memory: the producer has 40 registers
       StaVisit v{};
       for (int j = 0; j < n_visits; ++j) {
         const int st = j & 1;
-        v = j == 0 ? sta_visit_at(g, r, kHopperBN, 0) : sta_visit_next(g, r, kHopperBN, j - 1, v);
-        // The block's valid keys (computed while the stage may still be in use): lane i holds keys
+        v = j == 0 ? sta_visit_at(g, r, kBN, 0) : sta_visit_next(g, r, kBN, j - 1, v);
+        // The block's valid keys (computed while the stage may still be in use): lane i holds key
         // 32 w + i of ballot w. Rows past the sequence are invalid (sta_key_valid) and zero in memory.
-        uint4 valid = make_uint4(~0u, ~0u, ~0u, ~0u);
+        uint32_t valid[Cfg::kMaskWords];
+#pragma unroll
+        for (int w = 0; w < Cfg::kMaskWords; ++w) valid[w] = ~0u;
         if (v.needs_mask) {
-          valid.x = __ballot_sync(0xffffffffu, sta_key_valid(g, v.key_start + lane));
-          valid.y = __ballot_sync(0xffffffffu, sta_key_valid(g, v.key_start + 32 + lane));
-          valid.z = __ballot_sync(0xffffffffu, sta_key_valid(g, v.key_start + 64 + lane));
-          valid.w = __ballot_sync(0xffffffffu, sta_key_valid(g, v.key_start + 96 + lane));
+#pragma unroll
+          for (int w = 0; w < Cfg::kMaskWords; ++w)
+            valid[w] = __ballot_sync(0xffffffffu, sta_key_valid(g, v.key_start + 32 * w + lane));
         }
         if (lane == 0) {
           if (j >= 2) mbar_wait(empty0 + 8 * st, ((j >> 1) + 1) & 1);
-          s_valid[st] = valid;  // published by the arrive below (release), read after `full` (acquire)
+#pragma unroll
+          for (int w = 0; w < Cfg::kMaskWords; ++w)
+            s_valid[st][w] = valid[w];  // published by the arrive below (release), read after `full` (acquire)
           const int32_t key = static_cast<int32_t>(v.key_start);
           const uint32_t bar = full0 + 8 * st;
-          mbar_arrive_expect_tx(bar, 2 * kTileBytes);
-          tma_load_4d(sk + st * kTileBytes, &tm_k, bar, 0, key, h, b);
-          tma_load_4d(sk + st * kTileBytes + kHalfBytes, &tm_k, bar, 64, key, h, b);
-          tma_load_4d(sv + st * kTileBytes, &tm_v, bar, 0, key, h, b);
-          tma_load_4d(sv + st * kTileBytes + kHalfBytes, &tm_v, bar, 64, key, h, b);
+          mbar_arrive_expect_tx(bar, 2 * Cfg::kKvBytes);
+#pragma unroll
+          for (int x = 0; x < kBoxes; ++x) {
+            tma_load_4d(sk + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_k, bar, 64 * x, key, h, b);
+            tma_load_4d(sv + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_v, bar, 64 * x, key, h, b);
+          }
         }
         __syncwarp();
       }
@@ -315,50 +382,57 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
   }
 
   // ---- consumers ----
-  setmaxnreg_inc<232>();
+  setmaxnreg_inc<Cfg::kConsumerRegs>();
   const int cw = wg - 1;  // consumer warpgroup: query rows [64 cw, 64 cw + 64)
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  float o[64], s[64];
+  float o[kD / 2], s[kBN / 2];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  for (int i = 0; i < kD / 2; ++i) o[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
   mbar_wait(q_full, 0);
   for (int j = 0; j < n_visits; ++j) {
     const int st = j & 1;
     mbar_wait(full0 + 8 * st, (j >> 1) & 1);
-    const uint4 valid = s_valid[st];
-    const uint32_t skj = sk + st * kTileBytes, svj = sv + st * kTileBytes;
+    uint32_t valid[Cfg::kMaskWords];
+    uint32_t all_valid = ~0u;
+#pragma unroll
+    for (int w = 0; w < Cfg::kMaskWords; ++w) {
+      valid[w] = s_valid[st][w];
+      all_valid &= valid[w];
+    }
+    const uint32_t skj = sk + st * Cfg::kKvBytes, svj = sv + st * Cfg::kKvBytes;
 
-    // S = Q K^T (64 x 128 per consumer warpgroup)
+    // S = Q K^T (64 x BN per consumer warpgroup)
     wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < kHopperD / 16; ++ks) wgmma_ss_m64n128k16(s, desc_q(sq, cw, ks), desc_k(skj, ks), ks > 0);
+    for (int ks = 0; ks < kD / 16; ++ks)
+      wgmma_ss<T, kBN>(s, desc_q<Cfg>(sq, cw, ks), desc_k<Cfg>(skj, ks), ks > 0);
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(s);
 
     // Element masks, only on blocks the producer flagged (padded slots, the text tail): this
     // thread's columns are 8 n + 2 (lane % 4) + e, i.e. bit 8 (n % 4) + 2 (lane % 4) + e of word n / 4.
-    if ((valid.x & valid.y & valid.z & valid.w) != ~0u) {
-      const uint32_t sh = 2 * (lane % 4);
-      const uint32_t vw[4] = {valid.x >> sh, valid.y >> sh, valid.z >> sh, valid.w >> sh};
+    if (all_valid != ~0u) {
 #pragma unroll
-      for (int n = 0; n < 16; ++n)
+      for (int w = 0; w < Cfg::kMaskWords; ++w) valid[w] >>= 2 * (lane % 4);
+#pragma unroll
+      for (int n = 0; n < kBN / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 2; ++e)
-          if (!((vw[n / 4] >> (8 * (n % 4) + e)) & 1u)) s[4 * n + e] = s[4 * n + 2 + e] = -INFINITY;
+          if (!((valid[n / 4] >> (8 * (n % 4) + e)) & 1u)) s[4 * n + e] = s[4 * n + 2 + e] = -INFINITY;
     }
 
     // Online softmax, exp2 domain. Thread rows: lane / 4 (values 4 n + 0, 1) and lane / 4 + 8
-    // (4 n + 2, 3) of the warp's 16 rows; a row's 128 columns are spread over the lane quad. A row
+    // (4 n + 2, 3) of the warp's 16 rows; a row's BN columns are spread over the lane quad. A row
     // whose keys so far are all masked has m = -inf: alpha 0, base 0, P = 0 (no NaN).
     float alpha[2];
 #pragma unroll
     for (int rh = 0; rh < 2; ++rh) {
       float mx = -INFINITY;
 #pragma unroll
-      for (int n = 0; n < 16; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * rh], s[4 * n + 2 * rh + 1]));
+      for (int n = 0; n < kBN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * rh], s[4 * n + 2 * rh + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m[rh], mx * a.scale_log2);
@@ -367,7 +441,7 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
       const float base_m = m_new == -INFINITY ? 0.f : m_new;
       float sum = 0.f;
 #pragma unroll
-      for (int n = 0; n < 16; ++n) {
+      for (int n = 0; n < kBN / 8; ++n) {
         const float p0 = fast_exp2(s[4 * n + 2 * rh] * a.scale_log2 - base_m);
         const float p1 = fast_exp2(s[4 * n + 2 * rh + 1] * a.scale_log2 - base_m);
         s[4 * n + 2 * rh] = p0;
@@ -377,34 +451,34 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
       l[rh] = l[rh] * alpha[rh] + sum;
     }
 #pragma unroll
-    for (int n = 0; n < 16; ++n) {
+    for (int n = 0; n < kD / 8; ++n) {
       o[4 * n + 0] *= alpha[0];
       o[4 * n + 1] *= alpha[0];
       o[4 * n + 2] *= alpha[1];
       o[4 * n + 3] *= alpha[1];
     }
 
-    // O += P V: P (bf16) from registers in the A-fragment layout: k-step kk takes S columns
+    // O += P V: P (T) from registers in the A-fragment layout: k-step kk takes S columns
     // [16 kk, 16 kk + 16), i.e. the accumulator n-tiles 2 kk and 2 kk + 1.
-    uint32_t pa[8][4];
+    uint32_t pa[kBN / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      pa[kk][0] = pack2<__nv_bfloat16>(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = pack2<__nv_bfloat16>(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = pack2<__nv_bfloat16>(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = pack2<__nv_bfloat16>(s[8 * kk + 6], s[8 * kk + 7]);
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
     }
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kHopperBN / 16; ++kk) wgmma_rs_m64n128k16(o, pa[kk], desc_v(svj, kk));
+    for (int kk = 0; kk < kBN / 16; ++kk) wgmma_rs<T, kD>(o, pa[kk], desc_v<Cfg>(svj, kk));
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(o);
     mbar_arrive(empty0 + 8 * st);  // this thread's reads of the stage are done
   }
 
-  // Epilogue: normalize and store bf16 pairs straight from the accumulator fragment.
-  __nv_bfloat16* ob = a.o + b * a.os[0] + h * a.os[1];
+  // Epilogue: normalize and store pairs straight from the accumulator fragment.
+  T* ob = a.o + b * a.os[0] + h * a.os[1];
   const int32_t seq_len = static_cast<int32_t>(g.seq_len());
 #pragma unroll
   for (int rh = 0; rh < 2; ++rh) {
@@ -416,10 +490,10 @@ __global__ void __launch_bounds__(kHopperThreads, 1)
     if (slot >= seq_len) continue;
     const int64_t row = a.o_row_map ? static_cast<int64_t>(a.o_row_map[slot]) : slot;
     if (row < 0) continue;
-    __nv_bfloat16* orow = ob + row * a.os[2] + (lane % 4) * 2;
+    T* orow = ob + row * a.os[2] + (lane % 4) * 2;
 #pragma unroll
-    for (int n = 0; n < 16; ++n)
-      *reinterpret_cast<uint32_t*>(orow + 8 * n) = pack2<__nv_bfloat16>(o[4 * n + 2 * rh] * inv, o[4 * n + 2 * rh + 1] * inv);
+    for (int n = 0; n < kD / 8; ++n)
+      *reinterpret_cast<uint32_t*>(orow + 8 * n) = pack2<T>(o[4 * n + 2 * rh] * inv, o[4 * n + 2 * rh + 1] * inv);
   }
 #endif  // STAVID_HOPPER_DEVICE
 }
@@ -443,24 +517,77 @@ EncodeTiledFn encode_tiled_fn() {
   return fn;
 }
 
-// A 4-D map over [batch, heads, seq, 128] bf16 with element strides `st` (batch, head, seq), boxes of
-// {64 cols, 128 rows, 1, 1} with the 128-byte swizzle; out-of-range rows read as zero.
-CUtensorMap make_map(const void* ptr, const int64_t st[3], int64_t seq, int32_t heads, int32_t batch) {
+// A 4-D map over [batch, heads, seq, d] 16-bit values with element strides `st` (batch, head, seq),
+// boxes of {64 cols, rows, 1, 1} with the 128-byte swizzle; out-of-range rows read as zero.
+CUtensorMap make_map(const void* ptr, const int64_t st[3], int64_t seq, int32_t heads, int32_t batch, int32_t d,
+                     int32_t rows, DType dtype) {
   CUtensorMap map;
-  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(kHopperD), static_cast<cuuint64_t>(seq),
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(seq),
                               static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(batch)};
   // A size-1 axis may carry any stride (even 0); the map needs a positive multiple of 16 bytes.
   auto bytes = [](int64_t s) { return static_cast<cuuint64_t>(s > 0 ? s * 2 : 16); };
   const cuuint64_t strides[3] = {bytes(st[2]), bytes(st[1]), bytes(st[0])};
-  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(kHopperBN), 1, 1};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(rows), 1, 1};
   const cuuint32_t estr[4] = {1, 1, 1, 1};
-  const CUresult r = encode_tiled_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void*>(ptr), dims,
+  const CUtensorMapDataType type =
+      dtype == DType::F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const CUresult r = encode_tiled_fn()(&map, type, 4, const_cast<void*>(ptr), dims,
                                        strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
                                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   STAVID_CHECK_CODE(r == CUDA_SUCCESS, ErrorCode::Unsupported, "STA Hopper: cuTensorMapEncodeTiled failed (",
                     static_cast<int>(r), ") for strides ", st[0], ", ", st[1], ", ", st[2]);
   return map;
+}
+
+// Launches one kernel instance for params the selector accepted.
+template <typename Cfg>
+void launch_hopper(const StaAttentionParams& p, cudaStream_t stream) {
+  using T = typename Cfg::Type;
+  auto kernel = sta_hopper_kernel<Cfg>;
+  static bool configured = [&] {
+    STAVID_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+    // All of the unified L1 as shared memory, so kCtasPerSm CTAs fit on an SM.
+    STAVID_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+    return true;
+  }();
+  (void)configured;
+  const int64_t seq = p.geom.seq_len();
+  const CUtensorMap tq = make_map(p.q, p.q_stride, seq, p.heads, p.batch, Cfg::kD, Cfg::kBM, p.dtype);
+  const CUtensorMap tk = make_map(p.k, p.k_stride, seq, p.heads, p.batch, Cfg::kD, Cfg::kBN, p.dtype);
+  const CUtensorMap tv = make_map(p.v, p.v_stride, seq, p.heads, p.batch, Cfg::kD, Cfg::kBN, p.dtype);
+  HopperArgs<T> a;
+  a.o = static_cast<T*>(p.o);
+  for (int i = 0; i < 3; ++i) a.os[i] = p.o_stride[i];
+  a.g = p.geom;
+  a.windows = p.windows;
+  a.o_row_map = p.o_row_map;
+  a.heads = p.heads;
+  a.batch_heads = p.batch * p.heads;
+  const int64_t img_qblocks = p.geom.img_slots / Cfg::kBM;
+  const int64_t text_qblocks = (p.geom.text_slots + Cfg::kBM - 1) / Cfg::kBM;
+  const int64_t ctas = (img_qblocks + text_qblocks) * p.batch * p.heads;
+  STAVID_CHECK(ctas < (int64_t(1) << 31), "STA Hopper: ", ctas, " CTAs exceed one launch's grid");
+  a.img_qblocks = static_cast<int32_t>(img_qblocks);
+  a.text_qblocks = static_cast<int32_t>(text_qblocks);
+  const float scale = p.softmax_scale > 0.f ? p.softmax_scale : 1.f / sqrtf(static_cast<float>(p.head_dim));
+  a.scale_log2 = scale * 1.4426950408889634f;
+  kernel<<<static_cast<unsigned>(ctas), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(tq, tk, tv, a);
+  STAVID_CUDA_CHECK_LAUNCH();
+}
+
+// 128-row CTAs for tiles of a multiple of 128 tokens, 64-row CTAs (two per SM) otherwise.
+template <typename T, int kD>
+void launch_hopper_for(const StaAttentionParams& p, cudaStream_t stream) {
+  if (p.geom.tile_tokens % 128 == 0) launch_hopper<HopperCfg<T, kD, 2, 128>>(p, stream);
+  else launch_hopper<HopperCfg<T, kD, 1, 64>>(p, stream);
+}
+
+template <typename T>
+void launch_hopper_dim(const StaAttentionParams& p, cudaStream_t stream) {
+  if (p.head_dim == 128) launch_hopper_for<T, 128>(p, stream);
+  else launch_hopper_for<T, 64>(p, stream);
 }
 
 }  // namespace
@@ -476,37 +603,11 @@ bool sta_hopper_device(int device) {
 }
 
 void sta_attention_hopper(const StaAttentionParams& p, CudaStream stream) {
-  STAVID_CHECK_CODE(p.dtype == DType::BF16 && p.head_dim == kHopperD && p.geom.tile_tokens % kHopperBM == 0,
-                    ErrorCode::Unsupported,
-                    "STA Hopper: this kernel takes bf16, head_dim 128 and tiles of a multiple of 128 tokens");
-  static bool configured = [] {
-    STAVID_CUDA_CHECK(
-        cudaFuncSetAttribute(sta_hopper_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    return true;
-  }();
-  (void)configured;
-  const int64_t seq = p.geom.seq_len();
-  const CUtensorMap tq = make_map(p.q, p.q_stride, seq, p.heads, p.batch);
-  const CUtensorMap tk = make_map(p.k, p.k_stride, seq, p.heads, p.batch);
-  const CUtensorMap tv = make_map(p.v, p.v_stride, seq, p.heads, p.batch);
-  HopperArgs a;
-  a.o = static_cast<__nv_bfloat16*>(p.o);
-  for (int i = 0; i < 3; ++i) a.os[i] = p.o_stride[i];
-  a.g = p.geom;
-  a.windows = p.windows;
-  a.o_row_map = p.o_row_map;
-  a.heads = p.heads;
-  a.batch_heads = p.batch * p.heads;
-  const int64_t img_qblocks = p.geom.img_slots / kHopperBM;
-  const int64_t text_qblocks = (p.geom.text_slots + kHopperBM - 1) / kHopperBM;
-  const int64_t ctas = (img_qblocks + text_qblocks) * p.batch * p.heads;
-  STAVID_CHECK(ctas < (int64_t(1) << 31), "STA Hopper: ", ctas, " CTAs exceed one launch's grid");
-  a.img_qblocks = static_cast<int32_t>(img_qblocks);
-  a.text_qblocks = static_cast<int32_t>(text_qblocks);
-  const float scale = p.softmax_scale > 0.f ? p.softmax_scale : 1.f / sqrtf(static_cast<float>(p.head_dim));
-  a.scale_log2 = scale * 1.4426950408889634f;
-  sta_hopper_kernel<<<static_cast<unsigned>(ctas), kHopperThreads, kSmemBytes, stream>>>(tq, tk, tv, a);
-  STAVID_CUDA_CHECK_LAUNCH();
+  STAVID_CHECK_CODE(sta_hopper_supports(p), ErrorCode::Unsupported,
+                    "STA Hopper: this kernel takes bf16 or fp16, head_dim 64 or 128 and tiles of a multiple of "
+                    "64 tokens");
+  if (p.dtype == DType::F16) launch_hopper_dim<__half>(p, stream);
+  else launch_hopper_dim<__nv_bfloat16>(p, stream);
 }
 
 }  // namespace stavid::detail

@@ -878,43 +878,59 @@ class ScopedEnv {
   std::string old_;
 };
 
-// Cases the Hopper kernel takes: bf16, d = 128, tiles of 128 / 384 tokens, any per-head windows
-// (dense and sparse mixed in one launch), padded canvases, text slots. Outputs must follow the same
-// FA3 rule as the portable kernel. Canvases stay small: the fp64 reference dominates the test's time.
-[[maybe_unused]] std::vector<AttnCase> hopper_cases() {
-  std::vector<AttnCase> cs;
+// Cases the Hopper kernel takes: bf16 and fp16, d = 128 and 64, tiles of 128 / 384 tokens (128-row
+// CTAs) and 64 / 192 tokens (64-row CTAs), any per-head windows (dense and sparse mixed in one
+// launch), padded canvases, text slots. Outputs must follow the same FA3 rule as the portable
+// kernel. Canvases stay small: the fp64 reference dominates the test's time.
+struct HopperCase {
+  AttnCase c;
+  DType dt = DType::BF16;
+};
+[[maybe_unused]] std::vector<HopperCase> hopper_cases() {
+  std::vector<HopperCase> cs;
+  auto add = [&](AttnCase c, DType dt = DType::BF16) { cs.push_back({std::move(c), dt}); };
   // 128-token tiles, grid 1x2x2 (512 keys: 4 visits, the 2-stage ring wraps twice), 2 heads.
-  cs.push_back({{2, 16, 16}, {2, 8, 8}, 0, 0, {{5, 6, 10}, {1, 3, 3}}, 128, 2});
+  add({{2, 16, 16}, {2, 8, 8}, 0, 0, {{5, 6, 10}, {1, 3, 3}}, 128, 2});
   // 384-token tiles (the paper's), grid 1x1x2, [batch, seq, heads, dim] layout, sharper softmax.
-  cs.push_back({{6, 8, 16}, {6, 8, 8}, 0, 0, {{1, 1, 3}, {1, 1, 2}, {9, 9, 9}}, 128, 2, Layout::Bshd, Layout::Bshd,
-                0.5f});
+  add({{6, 8, 16}, {6, 8, 8}, 0, 0, {{1, 1, 3}, {1, 1, 2}, {9, 9, 9}}, 128, 2, Layout::Bshd, Layout::Bshd, 0.5f});
   // Padded strides, one batch item, a longer key loop (grid 2x2x4: 16 tiles x 128 = 2048 keys).
-  cs.push_back({{4, 16, 32}, {2, 8, 8}, 0, 0, {{3, 3, 7}}, 128, 1, Layout::BhsdPadded, Layout::BhsdPadded});
+  add({{4, 16, 32}, {2, 8, 8}, 0, 0, {{3, 3, 7}}, 128, 1, Layout::BhsdPadded, Layout::BhsdPadded});
   // Sparse: grid 3x3x4 of 128-token tiles, windows clamped at the borders, mixed per head
   // (a 1-tile window, an even window, the calibrated shapes, a full one).
-  cs.push_back({{6, 24, 32}, {2, 8, 8}, 0, 0, {{1, 1, 1}, {3, 3, 3}, {2, 2, 4}, {3, 1, 3}, {5, 6, 10}}, 128, 1});
+  add({{6, 24, 32}, {2, 8, 8}, 0, 0, {{1, 1, 1}, {3, 3, 3}, {2, 2, 4}, {3, 1, 3}, {5, 6, 10}}, 128, 1});
   // Sparse with the paper's 384-token tile: grid 3x3x3, (3,3,3) at the borders and (1,3,1), batch 2.
-  cs.push_back({{18, 24, 24}, {6, 8, 8}, 0, 0, {{3, 3, 3}, {1, 3, 1}}, 128, 2, Layout::Bshd, Layout::Bshd});
+  add({{18, 24, 24}, {6, 8, 8}, 0, 0, {{3, 3, 3}, {1, 3, 1}}, 128, 2, Layout::Bshd, Layout::Bshd});
   // Padded canvas: 5x20x28 on 2x8x8 tiles is a 3x3x4 grid padded on every axis (masked key blocks
   // in 24 of 36 tiles), windows clamped at the borders.
-  cs.push_back({{5, 20, 28}, {2, 8, 8}, 0, 0, {{3, 3, 3}, {1, 1, 1}}, 128, 1});
+  add({{5, 20, 28}, {2, 8, 8}, 0, 0, {{3, 3, 3}, {1, 1, 1}}, 128, 1});
   // Text, 50 of 77 slots valid: one text key block, masked, running past the sequence; one text
   // query block (rows past the sequence not written).
-  cs.push_back({{2, 16, 16}, {2, 8, 8}, 77, 50, {{1, 1, 1}, {3, 3, 3}}, 128, 1});
+  add({{2, 16, 16}, {2, 8, 8}, 77, 50, {{1, 1, 1}, {3, 3, 3}}, 128, 1});
   // Every text slot valid (200 of 200): the second text block is masked only past the sequence.
-  cs.push_back({{4, 16, 16}, {2, 8, 8}, 200, 200, {{1, 1, 1}, {5, 6, 10}}, 128, 1});
+  add({{4, 16, 16}, {2, 8, 8}, 200, 200, {{1, 1, 1}, {5, 6, 10}}, 128, 1});
   // One valid text slot of 64.
-  cs.push_back({{4, 16, 16}, {2, 8, 8}, 64, 1, {{1, 3, 1}}, 128, 1});
+  add({{4, 16, 16}, {2, 8, 8}, 64, 1, {{1, 3, 1}}, 128, 1});
   // Text + padding + mixed windows: grid 3x2x3 padded on every axis, 120 of 150 text slots valid,
   // [batch, seq, heads, dim] layout, batch 2 (text CTAs of 6 batch x heads first in the grid).
-  cs.push_back({{5, 13, 20}, {2, 8, 8}, 150, 120, {{3, 3, 3}, {1, 3, 1}, {2, 2, 2}}, 128, 2, Layout::Bshd,
-                Layout::Bshd});
+  add({{5, 13, 20}, {2, 8, 8}, 150, 120, {{3, 3, 3}, {1, 3, 1}, {2, 2, 2}}, 128, 2, Layout::Bshd, Layout::Bshd});
   // 384-token tiles padded in t (3 of 6 frames: the tile's third 128-key block holds no real key)
   // and in h, with text; padded strides.
-  cs.push_back({{9, 12, 16}, {6, 8, 8}, 40, 33, {{1, 1, 1}, {3, 1, 3}}, 128, 1, Layout::BhsdPadded,
-                Layout::BhsdPadded});
+  add({{9, 12, 16}, {6, 8, 8}, 40, 33, {{1, 1, 1}, {3, 1, 3}}, 128, 1, Layout::BhsdPadded, Layout::BhsdPadded});
   // Text only (no image frame): text query blocks over the valid text keys alone.
-  cs.push_back({{0, 8, 16}, {2, 8, 8}, 200, 150, {{1, 1, 1}}, 128, 1});
+  add({{0, 8, 16}, {2, 8, 8}, 200, 150, {{1, 1, 1}}, 128, 1});
+  // fp16 with text and padding.
+  add({{5, 13, 20}, {2, 8, 8}, 150, 120, {{3, 3, 3}, {1, 3, 1}}, 128, 1}, DType::F16);
+  // d = 64 (one TMA box per row, m64n64 P V), text and padding, [batch, seq, heads, dim], batch 2.
+  add({{3, 16, 20}, {2, 8, 8}, 64, 40, {{1, 1, 1}, {3, 3, 3}}, 64, 2, Layout::Bshd, Layout::Bshd});
+  // d = 64 in fp16, padded strides, a dense and a sparse head.
+  add({{4, 16, 16}, {2, 8, 8}, 77, 50, {{1, 3, 1}, {5, 6, 10}}, 64, 1, Layout::BhsdPadded, Layout::BhsdPadded},
+      DType::F16);
+  // 64-token tiles (64-row CTAs, 64-key blocks), grid 3x2x3 padded in h and w, text.
+  add({{3, 13, 20}, {1, 8, 8}, 100, 70, {{3, 3, 3}, {1, 1, 1}}, 128, 1});
+  // 192-token tiles (the 720p tile 3x8x8), grid 2x2x2 padded in t and h, text.
+  add({{5, 13, 16}, {3, 8, 8}, 40, 33, {{1, 1, 1}, {3, 3, 3}}, 128, 1});
+  // 192-token tiles, fp16, d = 64, batch 2.
+  add({{7, 9, 16}, {3, 8, 8}, 0, 0, {{3, 1, 1}, {1, 3, 3}}, 64, 2}, DType::F16);
   return cs;
 }
 
@@ -939,10 +955,16 @@ TEST(StaSelector, HopperOnlyWhenOptedInAndSupported) {
     EXPECT_TRUE(detail::sta_hopper_supports(q)) << "windows unknown on the host: any window runs";
     q = p;
     q.dtype = DType::F16;
-    EXPECT_FALSE(detail::sta_hopper_supports(q));
+    EXPECT_TRUE(detail::sta_hopper_supports(q)) << "fp16";
     q = p;
     q.head_dim = 64;
-    EXPECT_FALSE(detail::sta_hopper_supports(q));
+    EXPECT_TRUE(detail::sta_hopper_supports(q)) << "d = 64";
+    q = p;
+    q.head_dim = 96;
+    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "d = 96";
+    q = p;
+    q.dtype = DType::F32;
+    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "fp32";
     q = p;
     q.geom = geom({10, 48, 80}, {2, 8, 8}, 256, 200);
     EXPECT_TRUE(detail::sta_hopper_supports(q)) << "text slots";
@@ -957,10 +979,13 @@ TEST(StaSelector, HopperOnlyWhenOptedInAndSupported) {
     EXPECT_TRUE(detail::sta_hopper_supports(q)) << "text only";
     q = p;
     q.geom = geom({33, 45, 80}, {3, 8, 8});
-    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "192-token tiles";
+    EXPECT_TRUE(detail::sta_hopper_supports(q)) << "720p canvas, 192-token tiles";
     q = p;
     q.geom = geom({10, 48, 80}, {1, 8, 8});
-    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "64-token tiles";
+    EXPECT_TRUE(detail::sta_hopper_supports(q)) << "64-token tiles";
+    q = p;
+    q.geom = geom({10, 48, 80}, {1, 4, 8});
+    EXPECT_FALSE(detail::sta_hopper_supports(q)) << "32-token tiles";
   }
   // Without the switch nothing changes, whatever the device.
   ScopedEnv off("STAVID_STA_HOPPER", "0");
@@ -980,8 +1005,7 @@ TEST(StaAttentionHopper, MatchesFp64ReferenceFa3Rule) {
   ScopedEnv on("STAVID_STA_HOPPER", "1");
   int checked = 0;
   uint32_t seed = 9000;
-  for (const AttnCase& c : hopper_cases()) {
-    const DType dt = DType::BF16;
+  for (const auto& [c, dt] : hopper_cases()) {
     const AttnInputs in = make_inputs(c, dt, seed += 3);
     StaKernel kernel{};
     const auto out = run_attention(c, in, dt, Device::cuda(0), &kernel);
@@ -994,13 +1018,7 @@ TEST(StaAttentionHopper, MatchesFp64ReferenceFa3Rule) {
     EXPECT_LE(nmse(cmp.out, cmp.ref), 5e-4) << c.str(dt) << " [hopper]";
     ++checked;
   }
-  EXPECT_EQ(checked, 12);
-  // 64-token tiles fall back to the portable kernel even with the switch on.
-  AttnCase small_tiles{{2, 16, 16}, {1, 8, 8}, 77, 50, {{1, 1, 1}}, 128, 1};
-  const AttnInputs in = make_inputs(small_tiles, DType::BF16, 9100);
-  StaKernel kernel{};
-  (void)run_attention(small_tiles, in, DType::BF16, Device::cuda(0), &kernel);
-  EXPECT_EQ(kernel, StaKernel::PortableM64);
+  EXPECT_EQ(checked, 18);
 #endif
 }
 
