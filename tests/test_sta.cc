@@ -1034,6 +1034,7 @@ std::string selector_error(const StaAttentionParams& p) {
 }
 
 TEST(StaSelector, CudaRequirementsNamed) {
+  ScopedEnv portable("STAVID_STA_HOPPER", "0");  // the portable kernels' choices, whatever the caller set
   alignas(16) static char buf[256];
   const std::vector<StaWindow> ok_windows(2, StaWindow{3, 3, 3});
   auto base = [&] {
