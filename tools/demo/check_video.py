@@ -41,6 +41,19 @@ def start_server(server_bin, config, log_path, timeout=120.0):
     raise RuntimeError(f"stavid_server not ready after {timeout} s:\n{open(log_path).read()}")
 
 
+def stage_seconds(client_stdout: str) -> dict:
+    """The server's stage timings from the client's JSON event lines (the `completed` event)."""
+    for text in reversed(client_stdout.splitlines()):
+        try:
+            event = json.loads(text)
+        except ValueError:
+            continue
+        done = event.get("completed") if isinstance(event, dict) else None
+        if isinstance(done, dict):
+            return {k: round(float(v), 2) for k, v in done.items() if k.endswith("_seconds")}
+    return {}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="serving config (JSON)")
@@ -87,22 +100,22 @@ def main():
     try:
         for i, prompt in enumerate(prompts):
             mp4, npy = os.path.join(work, f"clip{i:02d}.mp4"), os.path.join(work, f"clip{i:02d}.npy")
-            cmd = [client_bin, "--server", f"127.0.0.1:{port}", "generate", "--model", args.model, "--prompt", prompt,
+            cmd = [client_bin, "--server", f"127.0.0.1:{port}", "--json", "generate", "--model", args.model, "--prompt", prompt,
                    "--seed", str(args.seed), "-o", mp4]
             if args.steps:
                 cmd += ["--steps", str(args.steps)]
             if args.sta:
                 cmd += ["--sta", args.sta]
             t0 = time.time()
-            r = subprocess.run(cmd, capture_output=True, text=True)
+            r_gen = subprocess.run(cmd, capture_output=True, text=True)
             seconds.append(time.time() - t0)
-            if r.returncode != 0:
-                raise RuntimeError(f"client failed ({r.returncode}) on {prompt!r}: {r.stderr.strip()}")
+            if r_gen.returncode != 0:
+                raise RuntimeError(f"client failed ({r_gen.returncode}) on {prompt!r}: {r_gen.stderr.strip()}")
             r = subprocess.run([frames_bin, mp4, npy], capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"stavid_mp4_frames failed on {mp4}: {r.stderr.strip()}")
             res = K.check(np.load(npy), prompt)
-            line = {"prompt": prompt, "seconds": round(seconds[-1], 2),
+            line = {"prompt": prompt, "seconds": round(seconds[-1], 2), **stage_seconds(r_gen.stdout),
                     **{k: v for k, v in res.items() if isinstance(v, (bool, int, float, str))}}
             print(json.dumps(line), flush=True)
             results.append(res)

@@ -202,10 +202,12 @@ def stage_vae(args, spec, device, log):
     B = args.batch or (2 if spec.toy else 8)
     # Clips alternate between few frames at the native size and the full clip length (the decoder is causal and
     # convolutional; its mid-block attention sees every position).
-    sizes = [(9 if not spec.toy else 5, spec.height, spec.width), (spec.frames, spec.height, spec.width)]
+    frame_counts = [int(f) for f in args.vae_frames.split(",")] if args.vae_frames else \
+        [9 if not spec.toy else 5, spec.frames]
+    sizes = [(f, spec.height, spec.width) for f in frame_counts]
     l1 = torch.tensor(float("nan"))  # reported as NaN when the budget allows no step
     while step < total and not budget.over():
-        F_, H, W = sizes[step % 2]
+        F_, H, W = sizes[step % len(sizes)]
         x = D.make_batch(g, B, F_, H, W, "train", device=device).video
         if args.crop and args.crop < min(H, W):
             # Random crops (multiples of 8 pixels) of full-size renders: the same object scale as the
@@ -389,6 +391,7 @@ def main():
                     help="DiT: fraction of the steps trained at the low size before switching to the native size")
     ap.add_argument("--attn-impl", default="auto", choices=["auto", "flex", "sdpa", "math"])
     ap.add_argument("--tokenizer-backend", default="auto", choices=["auto", "hf", "python"])
+    ap.add_argument("--vae-frames", default="", help="VAE stage: clip lengths to cycle through (4k+1), e.g. 9,17")
     ap.add_argument("--crop", type=int, default=0, help="VAE stage: train on random square crops of this many pixels")
     ap.add_argument("--reuse", type=int, default=1, help="DiT/STA stages: steps per encoded batch (on average)")
     ap.add_argument("--pool", type=int, default=32, help="DiT/STA stages: encoded batches kept for reuse")
