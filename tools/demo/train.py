@@ -196,6 +196,11 @@ def stage_vae(args, spec, device, log):
     opt = torch.optim.AdamW(params, lr=args.lr or 1e-3, weight_decay=0.0, betas=(0.9, 0.99))
     folder = os.path.join(args.run, "vae")
     step, _ = _resume(folder, "vae", OrderedDict(dec=vae.dec, enc=vae.enc), opt)
+    if step == 0 and args.logvar_init:
+        # Start with a small posterior std: with the default init the sampled latent's noise (std 1) drowns the
+        # mean, and a weakly weighted KL lets the decoder learn to average over it (blur, washed-out colours).
+        with torch.no_grad():
+            vae.enc.dict()["encoder.conv_out.conv.bias"][spec.vae["latent_channels"]:] += args.logvar_init
     budget = C.Budget(args.minutes)
     total = args.steps or (30 if spec.toy else 4000)
     g = _gen(args.seed + 1000 + step)
@@ -227,7 +232,7 @@ def stage_vae(args, spec, device, log):
         ey, ex = _edges(y), _edges(x)
         le = sum((a - b).abs().mean() for a, b in zip(ey, ex))
         kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
-        loss = l1 + l2 + le + 1e-4 * kl
+        loss = l1 + l2 + le + args.kl_weight * kl
         for gp in opt.param_groups:
             gp["lr"] = _lr(step, args.lr or 1e-3, 100, total, budget=budget)
         opt.zero_grad(set_to_none=True)
@@ -391,6 +396,9 @@ def main():
                     help="DiT: fraction of the steps trained at the low size before switching to the native size")
     ap.add_argument("--attn-impl", default="auto", choices=["auto", "flex", "sdpa", "math"])
     ap.add_argument("--tokenizer-backend", default="auto", choices=["auto", "hf", "python"])
+    ap.add_argument("--kl-weight", type=float, default=1e-4, help="VAE stage: weight of the mean KL term")
+    ap.add_argument("--logvar-init", type=float, default=0.0,
+                    help="VAE stage, fresh start: added to the encoder's log-variance bias (e.g. -6)")
     ap.add_argument("--vae-frames", default="", help="VAE stage: clip lengths to cycle through (4k+1), e.g. 9,17")
     ap.add_argument("--crop", type=int, default=0, help="VAE stage: train on random square crops of this many pixels")
     ap.add_argument("--reuse", type=int, default=1, help="DiT/STA stages: steps per encoded batch (on average)")
