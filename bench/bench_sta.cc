@@ -14,8 +14,11 @@
 // GPU cases: the paper shape (30x48x80, tile 6x8x8) at (3,3,3), (5,5,5) and full (5,6,10), each
 // without text and with 256 text slots (200 valid); the 720p canvas 33x45x80 with tiles 6x8x8 and
 // 3x8x8 at (3,3,3); the mixed set. Without a GPU (or with --cpu) a tiny CPU variant runs instead.
+// - With the Hopper kernel (STAVID_STA_HOPPER=1) the line adds "variant" (STAVID_STA_HOPPER_VARIANT,
+//   kernels/sta.h); --variants A,B,... times each case once per variant in turn (setting the
+//   variable), so variants of one case run back to back on one machine state.
 //
-// Usage: bench_sta [--cpu] [--reps N] [--only CASE[,CASE...]]
+// Usage: bench_sta [--cpu] [--reps N] [--only CASE[,CASE...]] [--variants NAME[,NAME...]]
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -42,6 +45,7 @@ struct Options {
   bool cpu = false;
   int reps = 0;  // 0: the device's default
   std::string only;
+  std::vector<std::string> variants;  // Hopper variants to time in turn (empty: as the environment says)
 };
 
 struct BenchCase {
@@ -77,6 +81,7 @@ std::string window_label(StaWindow w) {
 struct Result {
   double ms = 0, flops = 0, dense_flops = 0, kept = 0;
   std::string kernel;
+  std::string variant;  // the Hopper kernel's variant ("" for the other kernels)
 };
 
 class StaBench {
@@ -113,7 +118,9 @@ class StaBench {
     p.device = dev_;
 
     Result r;
-    r.kernel = sta_kernel_name(select_sta_kernel(p));
+    const StaKernel kernel = select_sta_kernel(p);
+    r.kernel = sta_kernel_name(kernel);
+    if (kernel == StaKernel::Hopper) r.variant = detail::sta_hopper_variant_name(detail::sta_hopper_variant());
     r.flops = sta_effective_flops(p, c.windows.data());
     const double n = static_cast<double>(g.img_tokens());
     r.dense_flops = 4.0 * n * n * head_dim_ * heads_;
@@ -131,7 +138,7 @@ class StaBench {
            "," + kv("dim", head_dim_) + "," + ks("dtype", dtype_name(dt_)) + "," + kv("ms", r.ms) + "," +
            kv("kept", r.kept) + "," + kv("eff_tflops", r.flops / r.ms / 1e9) + "," +
            kv("dense_equiv_tflops", r.dense_flops / r.ms / 1e9) + "," + ks("kernel", r.kernel) + "," +
-           ks("device", dname_);
+           (r.variant.empty() ? "" : ks("variant", r.variant) + ",") + ks("device", dname_);
   }
 
   void emit(const std::string& fields) const {
@@ -139,9 +146,22 @@ class StaBench {
     std::fflush(stdout);
   }
 
-  // Runs a case, or its mixed variant with the weighted sum of single-window runs.
+  // Runs a case (once per --variants entry), or its mixed variant with the weighted sum of
+  // single-window runs.
   void bench(const BenchCase& c) {
     if (!o_.only.empty() && ("," + o_.only + ",").find("," + c.name + ",") == std::string::npos) return;
+    if (o_.variants.empty()) {
+      bench_one(c);
+      return;
+    }
+    for (const std::string& v : o_.variants) {
+      setenv("STAVID_STA_HOPPER_VARIANT", v.c_str(), 1);
+      bench_one(c);
+    }
+  }
+
+ private:
+  void bench_one(const BenchCase& c) {
     try {
       const Result r = run(c);
       if (!c.mixed) {
@@ -167,7 +187,6 @@ class StaBench {
     }
   }
 
- private:
   const Options& o_;
   Device dev_;
   int32_t heads_, head_dim_;
@@ -224,8 +243,15 @@ int main(int argc, char** argv) {
       o.reps = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--only" && i + 1 < argc) {
       o.only = argv[++i];
+    } else if (a == "--variants" && i + 1 < argc) {
+      const std::string list = argv[++i];
+      for (size_t p = 0; p <= list.size();) {
+        const size_t e = std::min(list.find(',', p), list.size());
+        if (e > p) o.variants.push_back(list.substr(p, e - p));
+        p = e + 1;
+      }
     } else {
-      std::fprintf(stderr, "usage: bench_sta [--cpu] [--reps N] [--only CASE[,CASE...]]\n");
+      std::fprintf(stderr, "usage: bench_sta [--cpu] [--reps N] [--only CASE[,CASE...]] [--variants NAME[,NAME...]]\n");
       return 2;
     }
   }

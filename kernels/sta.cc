@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "kernels/core/error.h"
 #include "kernels/core/observer.h"
@@ -89,6 +90,41 @@ bool sta_hopper_supports(const StaAttentionParams& p) {
   // text slots are all handled (element masks on the blocks the visit list flags).
   return (p.dtype == DType::BF16 || p.dtype == DType::F16) && (p.head_dim == 64 || p.head_dim == 128) &&
          p.geom.tile_tokens % 64 == 0;
+}
+
+StaHopperVariant sta_hopper_variant() {
+  const char* env = std::getenv("STAVID_STA_HOPPER_VARIANT");
+  StaHopperVariant v;
+  if (!env || !*env) return v;
+  const std::string s = env;
+  const std::string name = s.substr(0, s.find(':'));
+  if (name == "masked") v.kind = StaHopperVariant::Masked;
+  else if (name == "lean") v.kind = StaHopperVariant::Lean;
+  else if (name == "skip") v.kind = StaHopperVariant::Skip;
+  else if (name == "persist") v.kind = StaHopperVariant::Persist;
+  else
+    STAVID_THROW(ErrorCode::InvalidArgument, "STAVID_STA_HOPPER_VARIANT=", s,
+                 ": expected masked, lean, skip, persist or persist:N");
+  if (name.size() < s.size()) {
+    const std::string cap = s.substr(name.size() + 1);
+    char* end = nullptr;
+    const long n = std::strtol(cap.c_str(), &end, 10);
+    STAVID_CHECK(v.kind == StaHopperVariant::Persist && !cap.empty() && *end == '\0' && n >= 1 && n <= (1 << 20),
+                 "STAVID_STA_HOPPER_VARIANT=", s, ": only persist takes a CTA cap, persist:N with N >= 1");
+    v.max_ctas = static_cast<int32_t>(n);
+  }
+  return v;
+}
+
+std::string sta_hopper_variant_name(const StaHopperVariant& v) {
+  switch (v.kind) {
+    case StaHopperVariant::Masked: return "masked";
+    case StaHopperVariant::Lean: return "lean";
+    case StaHopperVariant::Skip: return "skip";
+    case StaHopperVariant::Persist:
+      return v.max_ctas > 0 ? "persist:" + std::to_string(v.max_ctas) : std::string("persist");
+  }
+  return "?";
 }
 }  // namespace detail
 

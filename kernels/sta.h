@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "kernels/core/device.h"
 #include "kernels/core/dtype.h"
@@ -275,6 +276,8 @@ enum class StaKernel : uint8_t {
   // a GPU: selected only with STAVID_STA_HOPPER=1 in the environment, on a compute capability 9.0
   // device, for bf16 / fp16, head_dim 64 / 128, tile_tokens % 64 == 0 (any windows, padded
   // canvases, text slots): all the params the portable kernels take. Issue 9.
+  // Variants of it, for timing side by side from one binary: STAVID_STA_HOPPER_VARIANT=<name>
+  // (StaHopperVariant below; unset: "lean"), read at every call.
   Hopper,
 };
 const char* sta_kernel_name(StaKernel k);
@@ -297,6 +300,28 @@ bool sta_hopper_device(int device);
 // Whether params fit the Hopper kernel (as listed at StaKernel::Hopper), ignoring the environment
 // switch and the device.
 bool sta_hopper_supports(const StaAttentionParams& p);
+
+// Performance variants of the Hopper kernel, chosen with STAVID_STA_HOPPER_VARIANT (issue 9; each
+// adds one change to the previous, docs/perf-notes.md "Hopper kernel" has the rationale and timings):
+// - "masked": every launch runs the masked instance (warp 0 walks the visit list and ballots masks,
+//   consumers read a per-stage flag every visit), as in the kernel of session 3's run 4: the control;
+// - "lean" (the default): launches whose visits need no element mask (canvas divisible by the tile,
+//   text_valid a multiple of the key block) run the unmasked instance: one producer thread, nothing
+//   per visit in the consumers but the wait (the first milestone's loop);
+// - "skip": lean, and the producer drops key blocks with no valid key and query blocks with no
+//   valid row (padded slots only; their output rows are written as zeros, or dropped by o_row_map);
+// - "persist": skip, on a persistent grid (SMs x CTAs per SM, capped by ":N" as in "persist:3")
+//   whose CTAs take work items from a global counter, text blocks first, then the image blocks of
+//   each batch x head in decreasing visit count (host_windows), so heads with different windows
+//   balance.
+struct StaHopperVariant {
+  enum Kind : uint8_t { Masked, Lean, Skip, Persist } kind = Lean;
+  int32_t max_ctas = 0;  // "persist:N": at most N CTAs (0: no cap); tests use it to give CTAs many items
+};
+// Parses STAVID_STA_HOPPER_VARIANT (unset or empty: lean); throws InvalidArgument on an unknown name.
+StaHopperVariant sta_hopper_variant();
+// The name the variant is selected by ("persist:3" for a capped persistent grid).
+std::string sta_hopper_variant_name(const StaHopperVariant& v);
 }  // namespace detail
 
 // ---- tile / untile ----

@@ -9,44 +9,61 @@
 //   warpgroups x 64), key blocks of BN = 128, one CTA per SM;
 // - tile_tokens % 128 == 64: 2 warpgroups (256 threads), BM = 64 (1 consumer warpgroup), BN = 64,
 //   two CTAs per SM (so one CTA's softmax overlaps the other's wgmma).
-// 1-D grid as in the portable kernel: first every (text query block, batch x head), heads fastest
-// (text blocks see every key: the longest work starts first), then the image blocks head-major (a
-// wave's CTAs share one head's K/V in L2).
-// - Warpgroup 0, the producer, gives registers back (setmaxnreg.dec). Its warp 0 walks THE visit
-//   list (sta_query_range / sta_visit_at / sta_visit_next, kernels/sta.h, blocks of BN keys); lane 0
-//   loads the Q block once and issues TMA loads (cp.async.bulk.tensor.4d, 128-byte swizzle) of each
-//   K and V block into a 2-stage ring: it waits on the stage's `empty` mbarrier, arms its `full`
-//   mbarrier with the byte count (arrive.expect_tx) and the TMA completes the transaction.
+// Work items: one query block of one batch x head (decode_item): first every (text query block,
+// batch x head), heads fastest (text blocks see every key: the longest work starts first), then the
+// image blocks head-major (a wave's CTAs share one head's K/V in L2). Either one CTA per item, or
+// (variant "persist") a persistent grid whose CTAs take items from a global counter, the image
+// blocks of the batch x heads with the most visits first. The variants (StaHopperVariant, kernels/
+// sta.h) are picked at run time; two instances per CTA shape:
+// - the unmasked one, for launches where no visit needs an element mask (canvas divisible by the
+//   tile, text_valid a multiple of BN): one producer thread walks THE visit list and loads, the
+//   consumers only wait on each stage and run the dense loop a fixed number of times;
+// - the masked one: the producer's warp 0 walks the list and ballots masks, each stage carries a
+//   flag word the consumers test once (mask words read only on masked blocks), and an end-of-item
+//   stage ends the loop, so the producer may drop blocks without a valid key ("skip").
+// - Warpgroup 0, the producer, gives registers back (setmaxnreg.dec). It walks the visit list of
+//   each work item (sta_query_range / sta_visit_at / sta_visit_next, kernels/sta.h, blocks of BN
+//   keys); per item it writes the item's header (HopperItem) into one of two Q buffers and loads Q
+//   there (q_full; the consumers release the buffer on q_empty), then issues TMA loads
+//   (cp.async.bulk.tensor.4d, 128-byte swizzle) of each K and V block into a 2-stage ring: it waits
+//   on the stage's `empty` mbarrier, arms its `full` mbarrier with the byte count (arrive.expect_tx)
+//   and the TMA completes the transaction.
 // - Element masks: only the producer knows which visits need them (StaVisit::needs_mask: tiles with
 //   padded slots, the text tail). For such a visit the warp's 32 lanes evaluate sta_key_valid on the
-//   block's BN keys and ballot them into a BN-bit valid mask; lane 0 stores it in the stage's
-//   `s_valid` entry before the arrive on `full` (release; the consumers' wait acquires it). A fully
-//   visible block carries all ones. Keys past the sequence read as zero (TMA out-of-bounds fill)
-//   and are invalid in the mask too; keys that exist in memory but are invisible (padded slots,
-//   text slots past text_valid) are masked.
+//   block's BN keys and ballot them into a BN-bit valid mask; lane 0 stores it with the stage's
+//   flag before the arrive on `full` (release; the consumers' wait acquires it). Keys past the
+//   sequence read as zero (TMA out-of-bounds fill) and are invalid in the mask too; keys that exist
+//   in memory but are invisible (padded slots, text slots past text_valid) are masked. With
+//   skip_empty, a block whose mask is all zero is not loaded at all, and a query block of padded
+//   slots only visits nothing (its rows, dropped by untile, come out as zeros).
 // - The consumers (setmaxnreg.inc) own 64 query rows each and run a dense loop over the visits.
 //   Per visit: wait `full` (try_wait.parity), S = Q K^T with d / 16 wgmma m64nBNk16 (A and B from
 //   shared memory through matrix descriptors of the 128B-swizzled K-major layout TMA writes); only
-//   when the stage's valid mask is not all ones, invalid columns of S become -inf; online softmax
+//   on stages flagged masked, invalid columns of S become -inf; online softmax
 //   in the exp2 domain on the fp32 accumulator fragment (a row with no valid key so far keeps
 //   m = -inf and adds nothing: no NaN); O += P V with BN / 16 wgmma m64nDk16 whose A operand is P in
 //   registers (the mma.sync A fragment layout) and whose B operand is V from shared memory
 //   (MN-major, transposed by the descriptor), then every consumer thread arrives on `empty`.
 // - Epilogue: rows past the sequence and rows the o_row_map drops (padded slots) are not written,
 //   as in the portable kernel.
-// Shared memory: Q [d / 64 boxes][BM rows][64 cols], K and V [2 stages][d / 64 boxes][BN][64]. A
+// Shared memory: Q [2 buffers][d / 64 boxes][BM rows][64 cols], K and V [2 stages][d / 64 boxes][BN][64]. A
 // box is one TMA box: 64 16-bit values = 128 bytes per row, the 128B swizzle atom width; rows are
 // 128 bytes apart and the swizzle repeats every 8 rows (1024 bytes), so every region is 1024-byte
-// aligned. d = 128, BN = 128: 32 KB + 2 x 64 KB.
+// aligned. d = 128, BN = 128: 2 x 32 KB + 2 x 64 KB.
 //
-// Not yet here: a persistent scheduler, consumer ping-pong, more stages for d = 64, a TMA store.
+// Not yet here: consumer ping-pong, more stages, lazy rescaling, a TMA store.
 #include <cuda.h>  // CUtensorMap and its enums only: the driver entry point is fetched at run time
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
+#include <vector>
 #include <type_traits>
 
 #include "kernels/core/cuda_check.h"
@@ -72,10 +89,13 @@ struct HopperCfg {
   static constexpr int kBoxes = kD / 64;                       // 64-column TMA boxes per row
   static constexpr int kQBox = kBM * 128, kKvBox = kBN * 128;  // bytes of one box
   static constexpr int kQBytes = kBoxes * kQBox, kKvBytes = kBoxes * kKvBox;
+  static constexpr int kStages = 2;  // K/V ring
+  // Two Q buffers: the next work item's Q loads while the consumers finish this one (persistent grid).
+  static constexpr int kQBufs = 2;
   static constexpr int kSmemQ = 0;
-  static constexpr int kSmemK = kSmemQ + kQBytes;                  // 2 stages
-  static constexpr int kSmemV = kSmemK + 2 * kKvBytes;             // 2 stages
-  static constexpr int kSmemBytes = kSmemV + 2 * kKvBytes + 1024;  // + slack to align the base to 1024
+  static constexpr int kSmemK = kSmemQ + kQBufs * kQBytes;
+  static constexpr int kSmemV = kSmemK + kStages * kKvBytes;
+  static constexpr int kSmemBytes = kSmemV + kStages * kKvBytes + 1024;  // + slack to align the base to 1024
   static constexpr int kMaskWords = kBN / 32;
   static_assert(kD == 64 || kD == 128, "head dim");
   static_assert((kConsumers == 2 && kBN == 128) || (kConsumers == 1 && kBN == 64), "CTA shape");
@@ -84,6 +104,8 @@ struct HopperCfg {
 };
 
 namespace {
+
+constexpr int kHopperMaxOrdered = 256;  // batch x heads the longest-first order covers
 
 using cuda::fast_exp2;
 using cuda::pack2;
@@ -100,7 +122,15 @@ struct HopperArgs {
   int32_t batch_heads;
   int32_t text_qblocks;  // ceil(text_slots / BM) per batch x head
   int32_t img_qblocks;   // img_slots / BM per batch x head
+  int32_t items;         // work items, (text_qblocks + img_qblocks) x batch_heads (HopperItem order)
   float scale_log2;
+  // Persistent grid: after item blockIdx.x a CTA takes gridDim.x + atomicAdd(counter, 1) until past
+  // `items`. Otherwise each CTA runs item blockIdx.x alone.
+  int32_t* counter;
+  bool persistent;
+  bool skip_empty;  // drop blocks without a valid slot (masked instance only: no other has any)
+  bool ordered;     // image items by batch x head in bh_order (longest first) instead of 0, 1, ...
+  int16_t bh_order[kHopperMaxOrdered];
 };
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -286,96 +316,184 @@ __device__ __forceinline__ uint64_t desc_v(uint32_t sv, int kk) {
 }
 #endif  // STAVID_HOPPER_DEVICE
 
-template <typename Cfg>
+#if defined(STAVID_HOPPER_DEVICE)
+// A work item: one query block of one batch x head. Item order: every (text query block, batch x
+// head), heads fastest (text blocks see every key: the longest work starts first), then the image
+// blocks of each batch x head in turn (a wave's CTAs share one head's K/V in L2), in bh_order when
+// `ordered` (decreasing visit count).
+template <int kBM, typename T>
+__device__ __forceinline__ void decode_item(const HopperArgs<T>& a, int item, int* bh, int32_t* q_start) {
+  const int text_items = a.text_qblocks * a.batch_heads;
+  if (item < text_items) {
+    *bh = item % a.batch_heads;
+    *q_start = static_cast<int32_t>(a.g.img_slots) + static_cast<int32_t>(item / a.batch_heads) * kBM;
+  } else {
+    const int idx = item - text_items, rank = idx / a.img_qblocks;
+    *bh = a.ordered ? a.bh_order[rank] : rank;
+    *q_start = (idx % a.img_qblocks) * kBM;
+  }
+}
+
+// Header of the work item in a Q buffer (bh < 0: no more work), written by the producer before its
+// arrive on the buffer's q_full (release; the consumers' wait acquires it).
+struct HopperItem {
+  int32_t bh, q_start, visits;
+};
+// Per K/V stage, masked instance: what the consumers do with it.
+constexpr uint32_t kStageMasked = 1;  // apply the stage's valid mask
+constexpr uint32_t kStageEnd = 2;     // no data: the work item has no more visits
+#endif  // STAVID_HOPPER_DEVICE
+
+// kMasked: the instance for launches with masked visits (kernel comment at the top). The unmasked
+// instance runs launches where no visit needs a mask: one producer thread, and consumers that only
+// wait on each stage (the loop count comes with the work item).
+template <typename Cfg, bool kMasked>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     sta_hopper_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
-                      const __grid_constant__ CUtensorMap tm_v, const HopperArgs<typename Cfg::Type> a) {
+                      const __grid_constant__ CUtensorMap tm_v,
+                      const __grid_constant__ HopperArgs<typename Cfg::Type> a) {
 #if defined(STAVID_HOPPER_DEVICE)
   using T = typename Cfg::Type;
-  constexpr int kD = Cfg::kD, kBM = Cfg::kBM, kBN = Cfg::kBN, kBoxes = Cfg::kBoxes;
+  constexpr int kD = Cfg::kD, kBM = Cfg::kBM, kBN = Cfg::kBN, kBoxes = Cfg::kBoxes, kStages = Cfg::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  __shared__ __align__(8) uint64_t bars[5];  // full[2], empty[2], q_full
-  // Per stage: valid keys of the block in flight (bit i of word w: key 32 w + i).
-  __shared__ __align__(16) uint32_t s_valid[2][Cfg::kMaskWords];
-  __shared__ int32_t s_visits;
-  __shared__ StaTileRange s_range;
+  // full[kStages], empty[kStages], q_full[2], q_empty[2]
+  __shared__ __align__(8) uint64_t bars[2 * kStages + 4];
+  __shared__ HopperItem s_item[Cfg::kQBufs];
+  // Masked instance, per stage: kStage* flags and the valid keys of the block in flight (bit i of
+  // word w: key 32 w + i), written only for masked blocks.
+  __shared__ uint32_t s_flags[kStages];
+  __shared__ __align__(16) uint32_t s_valid[kStages][Cfg::kMaskWords];
+  __shared__ StaTileRange s_range;  // the producer's current item (it has 40 registers)
+  __shared__ int32_t s_next;        // the producer's next item (persistent grid)
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sq = base + Cfg::kSmemQ, sk = base + Cfg::kSmemK, sv = base + Cfg::kSmemV;
-  const uint32_t full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[2]), q_full = smem_u32(&bars[4]);
-
+  const uint32_t full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[kStages]);
+  const uint32_t q_full0 = smem_u32(&bars[2 * kStages]), q_empty0 = smem_u32(&bars[2 * kStages + 2]);
   const StaGeometry& g = a.g;
-  int bh;
-  int32_t q_start;
-  {
-    const int text_ctas = a.text_qblocks * a.batch_heads;
-    if (static_cast<int>(blockIdx.x) < text_ctas) {
-      bh = blockIdx.x % a.batch_heads;
-      q_start = static_cast<int32_t>(g.img_slots) + static_cast<int32_t>(blockIdx.x / a.batch_heads) * kBM;
-    } else {
-      const int idx = blockIdx.x - text_ctas;
-      bh = idx / a.img_qblocks;
-      q_start = (idx % a.img_qblocks) * kBM;
-    }
-  }
-  const int b = bh / a.heads, h = bh % a.heads;
   const int wg = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
-    for (int s = 0; s < 2; ++s) {
-      mbar_init(full0 + 8 * s, 1);                        // the producer's arrive.expect_tx
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full0 + 8 * s, 1);                        // the producer's arrive(.expect_tx)
       mbar_init(empty0 + 8 * s, Cfg::kConsumers * 128);  // every consumer thread
     }
-    mbar_init(q_full, 1);
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(q_full0 + 8 * s, 1);
+      mbar_init(q_empty0 + 8 * s, Cfg::kConsumers * 128);
+    }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    s_range = sta_query_range(g, a.windows[h], q_start);
-    s_visits = sta_visit_count(g, s_range, kBN);
   }
   __syncthreads();
-  const int n_visits = s_visits;
 
   if (wg == 0) {
-    // ---- producer: warp 0 walks the visit list, lane 0 issues the loads ----
+    // ---- producer: walks THE visit list of each work item; lane 0 issues the loads ----
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    if (threadIdx.x < 32) {
+    if (threadIdx.x < (kMasked ? 32 : 1)) {
       const int lane = threadIdx.x;
       if (lane == 0) {
         tma_prefetch_desc(&tm_q);
         tma_prefetch_desc(&tm_k);
         tma_prefetch_desc(&tm_v);
-        mbar_arrive_expect_tx(q_full, Cfg::kQBytes);
-#pragma unroll
-        for (int x = 0; x < kBoxes; ++x) tma_load_4d(sq + x * Cfg::kQBox, &tm_q, q_full, 64 * x, q_start, h, b);
       }
-      const StaTileRange& r = s_range;  // read from shared memory: the producer has 40 registers
-      StaVisit v{};
-      for (int j = 0; j < n_visits; ++j) {
-        const int st = j & 1;
-        v = j == 0 ? sta_visit_at(g, r, kBN, 0) : sta_visit_next(g, r, kBN, j - 1, v);
-        // The block's valid keys (computed while the stage may still be in use): lane i holds key
-        // 32 w + i of ballot w. Rows past the sequence are invalid (sta_key_valid) and zero in memory.
-        uint32_t valid[Cfg::kMaskWords];
-#pragma unroll
-        for (int w = 0; w < Cfg::kMaskWords; ++w) valid[w] = ~0u;
-        if (v.needs_mask) {
-#pragma unroll
-          for (int w = 0; w < Cfg::kMaskWords; ++w)
-            valid[w] = __ballot_sync(0xffffffffu, sta_key_valid(g, v.key_start + 32 * w + lane));
+      uint32_t slot = 0;  // K/V stages filled so far: stage slot % kStages, its (slot / kStages)-th use
+      int item = blockIdx.x;
+      for (int k = 0;; ++k) {
+        const int qb = k & 1;
+        const uint32_t q_full = q_full0 + 8 * qb;
+        if (lane == 0 && k >= 2) mbar_wait(q_empty0 + 8 * qb, ((k >> 1) - 1) & 1);  // item k - 2 done with it
+        if (item >= a.items) {
+          if (lane == 0) {
+            s_item[qb].bh = -1;
+            mbar_arrive(q_full);
+          }
+          break;
         }
-        if (lane == 0) {
-          if (j >= 2) mbar_wait(empty0 + 8 * st, ((j >> 1) + 1) & 1);
+        int bh;
+        int32_t q_start;
+        decode_item<kBM>(a, item, &bh, &q_start);
+        const int b = bh / a.heads, h = bh % a.heads;
+        if constexpr (kMasked) __syncwarp();  // every lane is done with the last item's range
+        if (lane == 0) s_range = sta_query_range(g, a.windows[h], q_start);
+        if constexpr (kMasked) __syncwarp();
+        const StaTileRange& r = s_range;
+        int n_visits = sta_visit_count(g, r, kBN);
+        bool load_q = true;
+        if constexpr (kMasked) {
+          // A query block of padded slots only (the last block of a tile padded in t): its rows are
+          // dropped, so it visits nothing and its rows come out as zeros.
+          if (a.skip_empty && q_start < g.img_slots && sta_tile_has_padding(g, q_start / g.tile_tokens)) {
+            bool any = false;
 #pragma unroll
-          for (int w = 0; w < Cfg::kMaskWords; ++w)
-            s_valid[st][w] = valid[w];  // published by the arrive below (release), read after `full` (acquire)
-          const int32_t key = static_cast<int32_t>(v.key_start);
-          const uint32_t bar = full0 + 8 * st;
-          mbar_arrive_expect_tx(bar, 2 * Cfg::kKvBytes);
-#pragma unroll
-          for (int x = 0; x < kBoxes; ++x) {
-            tma_load_4d(sk + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_k, bar, 64 * x, key, h, b);
-            tma_load_4d(sv + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_v, bar, 64 * x, key, h, b);
+            for (int w = 0; w < kBM / 32; ++w) any |= __ballot_sync(0xffffffffu, sta_key_valid(g, q_start + 32 * w + lane)) != 0;
+            if (!any) {
+              n_visits = 0;
+              load_q = false;
+            }
           }
         }
-        __syncwarp();
+        if (lane == 0) {
+          s_item[qb] = HopperItem{bh, q_start, n_visits};
+          if (load_q) {
+            mbar_arrive_expect_tx(q_full, Cfg::kQBytes);
+#pragma unroll
+            for (int x = 0; x < kBoxes; ++x)
+              tma_load_4d(sq + qb * Cfg::kQBytes + x * Cfg::kQBox, &tm_q, q_full, 64 * x, q_start, h, b);
+          } else {
+            mbar_arrive(q_full);
+          }
+          // The next item, fetched while the Q load flies and the ring is still full of the last
+          // item's blocks; kept in shared memory (the producer has 40 registers).
+          if (a.persistent) s_next = static_cast<int>(gridDim.x) + atomicAdd(a.counter, 1);
+        }
+        StaVisit v{};
+        for (int j = 0; j < n_visits; ++j) {
+          v = j == 0 ? sta_visit_at(g, r, kBN, 0) : sta_visit_next(g, r, kBN, j - 1, v);
+          uint32_t valid[Cfg::kMaskWords];
+          if constexpr (kMasked) {
+            // The block's valid keys (computed while the stage may still be in use): lane i holds key
+            // 32 w + i of ballot w. Rows past the sequence are invalid (sta_key_valid) and zero in memory.
+            if (v.needs_mask) {
+              uint32_t any = 0;
+#pragma unroll
+              for (int w = 0; w < Cfg::kMaskWords; ++w) {
+                valid[w] = __ballot_sync(0xffffffffu, sta_key_valid(g, v.key_start + 32 * w + lane));
+                any |= valid[w];
+              }
+              if (a.skip_empty && any == 0) continue;  // padded slots only: nothing to load or add
+            }
+          }
+          if (lane == 0) {
+            const int st = slot % kStages;
+            if (slot >= kStages) mbar_wait(empty0 + 8 * st, (slot / kStages - 1) & 1);
+            if constexpr (kMasked) {
+              s_flags[st] = v.needs_mask ? kStageMasked : 0;  // published by the arrive below (release)
+              if (v.needs_mask)
+#pragma unroll
+                for (int w = 0; w < Cfg::kMaskWords; ++w) s_valid[st][w] = valid[w];
+            }
+            const int32_t key = static_cast<int32_t>(v.key_start);
+            const uint32_t bar = full0 + 8 * st;
+            mbar_arrive_expect_tx(bar, 2 * Cfg::kKvBytes);
+#pragma unroll
+            for (int x = 0; x < kBoxes; ++x) {
+              tma_load_4d(sk + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_k, bar, 64 * x, key, h, b);
+              tma_load_4d(sv + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_v, bar, 64 * x, key, h, b);
+            }
+          }
+          ++slot;
+        }
+        if constexpr (kMasked) {
+          // The end of the item's visits takes a stage of its own (the consumers release it too).
+          if (lane == 0) {
+            const int st = slot % kStages;
+            if (slot >= kStages) mbar_wait(empty0 + 8 * st, (slot / kStages - 1) & 1);
+            s_flags[st] = kStageEnd;
+            mbar_arrive(full0 + 8 * st);
+          }
+          ++slot;
+          __syncwarp();
+        }
+        item = a.persistent ? s_next : a.items;
       }
     }
     return;
@@ -385,115 +503,128 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   setmaxnreg_inc<Cfg::kConsumerRegs>();
   const int cw = wg - 1;  // consumer warpgroup: query rows [64 cw, 64 cw + 64)
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  float o[kD / 2], s[kBN / 2];
+  const int32_t seq_len = static_cast<int32_t>(g.seq_len());
+  uint32_t slot = 0;  // K/V stages consumed so far, as the producer counts them
+  for (int k = 0;; ++k) {
+    const int qb = k & 1;
+    mbar_wait(q_full0 + 8 * qb, (k >> 1) & 1);
+    const HopperItem it = s_item[qb];
+    if (it.bh < 0) break;
+    const uint32_t sqb = sq + qb * Cfg::kQBytes;
+    float o[kD / 2], s[kBN / 2];
 #pragma unroll
-  for (int i = 0; i < kD / 2; ++i) o[i] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    for (int i = 0; i < kD / 2; ++i) o[i] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-  mbar_wait(q_full, 0);
-  for (int j = 0; j < n_visits; ++j) {
-    const int st = j & 1;
-    mbar_wait(full0 + 8 * st, (j >> 1) & 1);
-    uint32_t valid[Cfg::kMaskWords];
-    uint32_t all_valid = ~0u;
+    // Unmasked instance: exactly it.visits stages. Masked: stages until the one flagged kStageEnd.
+    for (int j = 0; kMasked || j < it.visits; ++j) {
+      const int st = slot % kStages;
+      mbar_wait(full0 + 8 * st, (slot / kStages) & 1);
+      ++slot;
+      uint32_t flags = 0;
+      if constexpr (kMasked) {
+        flags = s_flags[st];
+        if (flags & kStageEnd) {
+          mbar_arrive(empty0 + 8 * st);
+          break;
+        }
+      }
+      const uint32_t skj = sk + st * Cfg::kKvBytes, svj = sv + st * Cfg::kKvBytes;
+
+      // S = Q K^T (64 x BN per consumer warpgroup)
+      wgmma_fence();
 #pragma unroll
-    for (int w = 0; w < Cfg::kMaskWords; ++w) {
-      valid[w] = s_valid[st][w];
-      all_valid &= valid[w];
+      for (int ks = 0; ks < kD / 16; ++ks)
+        wgmma_ss<T, kBN>(s, desc_q<Cfg>(sqb, cw, ks), desc_k<Cfg>(skj, ks), ks > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(s);
+
+      // Element masks, only on blocks the producer flagged (padded slots, the text tail): this
+      // thread's columns are 8 n + 2 (lane % 4) + e, i.e. bit 8 (n % 4) + 2 (lane % 4) + e of word n / 4.
+      if (kMasked && (flags & kStageMasked)) {
+        uint32_t valid[Cfg::kMaskWords];
+#pragma unroll
+        for (int w = 0; w < Cfg::kMaskWords; ++w) valid[w] = s_valid[st][w] >> (2 * (lane % 4));
+#pragma unroll
+        for (int n = 0; n < kBN / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            if (!((valid[n / 4] >> (8 * (n % 4) + e)) & 1u)) s[4 * n + e] = s[4 * n + 2 + e] = -INFINITY;
+      }
+
+      // Online softmax, exp2 domain. Thread rows: lane / 4 (values 4 n + 0, 1) and lane / 4 + 8
+      // (4 n + 2, 3) of the warp's 16 rows; a row's BN columns are spread over the lane quad. A row
+      // whose keys so far are all masked has m = -inf: alpha 0, base 0, P = 0 (no NaN).
+      float alpha[2];
+#pragma unroll
+      for (int rh = 0; rh < 2; ++rh) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < kBN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * rh], s[4 * n + 2 * rh + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[rh], mx * a.scale_log2);
+        alpha[rh] = m[rh] == -INFINITY ? 0.f : fast_exp2(m[rh] - m_new);
+        m[rh] = m_new;
+        const float base_m = m_new == -INFINITY ? 0.f : m_new;
+        float sum = 0.f;
+#pragma unroll
+        for (int n = 0; n < kBN / 8; ++n) {
+          const float p0 = fast_exp2(s[4 * n + 2 * rh] * a.scale_log2 - base_m);
+          const float p1 = fast_exp2(s[4 * n + 2 * rh + 1] * a.scale_log2 - base_m);
+          s[4 * n + 2 * rh] = p0;
+          s[4 * n + 2 * rh + 1] = p1;
+          sum += p0 + p1;
+        }
+        l[rh] = l[rh] * alpha[rh] + sum;
+      }
+#pragma unroll
+      for (int n = 0; n < kD / 8; ++n) {
+        o[4 * n + 0] *= alpha[0];
+        o[4 * n + 1] *= alpha[0];
+        o[4 * n + 2] *= alpha[1];
+        o[4 * n + 3] *= alpha[1];
+      }
+
+      // O += P V: P (T) from registers in the A-fragment layout: k-step kk takes S columns
+      // [16 kk, 16 kk + 16), i.e. the accumulator n-tiles 2 kk and 2 kk + 1.
+      uint32_t pa[kBN / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk) {
+        pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk) wgmma_rs<T, kD>(o, pa[kk], desc_v<Cfg>(svj, kk));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(o);
+      mbar_arrive(empty0 + 8 * st);  // this thread's reads of the stage are done
     }
-    const uint32_t skj = sk + st * Cfg::kKvBytes, svj = sv + st * Cfg::kKvBytes;
+    mbar_arrive(q_empty0 + 8 * qb);  // the item's last Q K^T has completed: the buffer is free
 
-    // S = Q K^T (64 x BN per consumer warpgroup)
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < kD / 16; ++ks)
-      wgmma_ss<T, kBN>(s, desc_q<Cfg>(sq, cw, ks), desc_k<Cfg>(skj, ks), ks > 0);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(s);
-
-    // Element masks, only on blocks the producer flagged (padded slots, the text tail): this
-    // thread's columns are 8 n + 2 (lane % 4) + e, i.e. bit 8 (n % 4) + 2 (lane % 4) + e of word n / 4.
-    if (all_valid != ~0u) {
-#pragma unroll
-      for (int w = 0; w < Cfg::kMaskWords; ++w) valid[w] >>= 2 * (lane % 4);
-#pragma unroll
-      for (int n = 0; n < kBN / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-          if (!((valid[n / 4] >> (8 * (n % 4) + e)) & 1u)) s[4 * n + e] = s[4 * n + 2 + e] = -INFINITY;
-    }
-
-    // Online softmax, exp2 domain. Thread rows: lane / 4 (values 4 n + 0, 1) and lane / 4 + 8
-    // (4 n + 2, 3) of the warp's 16 rows; a row's BN columns are spread over the lane quad. A row
-    // whose keys so far are all masked has m = -inf: alpha 0, base 0, P = 0 (no NaN).
-    float alpha[2];
+    // Epilogue: normalize and store pairs straight from the accumulator fragment.
+    const int b = it.bh / a.heads, h = it.bh % a.heads;
+    T* ob = a.o + b * a.os[0] + h * a.os[1];
 #pragma unroll
     for (int rh = 0; rh < 2; ++rh) {
-      float mx = -INFINITY;
+      float sum = l[rh];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      const int32_t q_slot = it.q_start + cw * 64 + warp * 16 + rh * 8 + lane / 4;
+      if (q_slot >= seq_len) continue;
+      const int64_t row = a.o_row_map ? static_cast<int64_t>(a.o_row_map[q_slot]) : q_slot;
+      if (row < 0) continue;
+      T* orow = ob + row * a.os[2] + (lane % 4) * 2;
 #pragma unroll
-      for (int n = 0; n < kBN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * rh], s[4 * n + 2 * rh + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[rh], mx * a.scale_log2);
-      alpha[rh] = m[rh] == -INFINITY ? 0.f : fast_exp2(m[rh] - m_new);
-      m[rh] = m_new;
-      const float base_m = m_new == -INFINITY ? 0.f : m_new;
-      float sum = 0.f;
-#pragma unroll
-      for (int n = 0; n < kBN / 8; ++n) {
-        const float p0 = fast_exp2(s[4 * n + 2 * rh] * a.scale_log2 - base_m);
-        const float p1 = fast_exp2(s[4 * n + 2 * rh + 1] * a.scale_log2 - base_m);
-        s[4 * n + 2 * rh] = p0;
-        s[4 * n + 2 * rh + 1] = p1;
-        sum += p0 + p1;
-      }
-      l[rh] = l[rh] * alpha[rh] + sum;
+      for (int n = 0; n < kD / 8; ++n)
+        *reinterpret_cast<uint32_t*>(orow + 8 * n) = pack2<T>(o[4 * n + 2 * rh] * inv, o[4 * n + 2 * rh + 1] * inv);
     }
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      o[4 * n + 0] *= alpha[0];
-      o[4 * n + 1] *= alpha[0];
-      o[4 * n + 2] *= alpha[1];
-      o[4 * n + 3] *= alpha[1];
-    }
-
-    // O += P V: P (T) from registers in the A-fragment layout: k-step kk takes S columns
-    // [16 kk, 16 kk + 16), i.e. the accumulator n-tiles 2 kk and 2 kk + 1.
-    uint32_t pa[kBN / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) wgmma_rs<T, kD>(o, pa[kk], desc_v<Cfg>(svj, kk));
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(o);
-    mbar_arrive(empty0 + 8 * st);  // this thread's reads of the stage are done
-  }
-
-  // Epilogue: normalize and store pairs straight from the accumulator fragment.
-  T* ob = a.o + b * a.os[0] + h * a.os[1];
-  const int32_t seq_len = static_cast<int32_t>(g.seq_len());
-#pragma unroll
-  for (int rh = 0; rh < 2; ++rh) {
-    float sum = l[rh];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    const int32_t slot = q_start + cw * 64 + warp * 16 + rh * 8 + lane / 4;
-    if (slot >= seq_len) continue;
-    const int64_t row = a.o_row_map ? static_cast<int64_t>(a.o_row_map[slot]) : slot;
-    if (row < 0) continue;
-    T* orow = ob + row * a.os[2] + (lane % 4) * 2;
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n)
-      *reinterpret_cast<uint32_t*>(orow + 8 * n) = pack2<T>(o[4 * n + 2 * rh] * inv, o[4 * n + 2 * rh + 1] * inv);
   }
 #endif  // STAVID_HOPPER_DEVICE
 }
@@ -540,11 +671,32 @@ CUtensorMap make_map(const void* ptr, const int64_t st[3], int64_t seq, int32_t 
   return map;
 }
 
-// Launches one kernel instance for params the selector accepted.
-template <typename Cfg>
-void launch_hopper(const StaAttentionParams& p, cudaStream_t stream) {
+// Whether any visit of the launch needs an element mask (StaVisit::needs_mask): a tile with padded
+// slots, or a text block that valid text does not fill.
+bool launch_needs_masks(const StaGeometry& g, int32_t block_n) {
+  for (int d = 0; d < 3; ++d)
+    if (g.canvas[d] % g.tile[d] != 0) return true;
+  return g.text_valid % block_n != 0;
+}
+
+// The persistent grid's work counter of one stream on the current device (zeroed before each launch
+// on that stream; launches on one stream run in order, so one counter per stream suffices).
+int32_t* persistent_counter(cudaStream_t stream) {
+  static std::mutex mu;
+  static std::map<std::pair<int, cudaStream_t>, int32_t*> counters;
+  int device = 0;
+  STAVID_CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mu);
+  int32_t*& c = counters[{device, stream}];
+  if (!c) STAVID_CUDA_CHECK(cudaMalloc(&c, sizeof(int32_t)));
+  return c;
+}
+
+// Launches one kernel instance, with the variant's options, for params the selector accepted.
+template <typename Cfg, bool kMasked>
+void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
   using T = typename Cfg::Type;
-  auto kernel = sta_hopper_kernel<Cfg>;
+  auto kernel = sta_hopper_kernel<Cfg, kMasked>;
   static bool configured = [&] {
     STAVID_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
     // All of the unified L1 as shared memory, so kCtasPerSm CTAs fit on an SM.
@@ -557,7 +709,7 @@ void launch_hopper(const StaAttentionParams& p, cudaStream_t stream) {
   const CUtensorMap tq = make_map(p.q, p.q_stride, seq, p.heads, p.batch, Cfg::kD, Cfg::kBM, p.dtype);
   const CUtensorMap tk = make_map(p.k, p.k_stride, seq, p.heads, p.batch, Cfg::kD, Cfg::kBN, p.dtype);
   const CUtensorMap tv = make_map(p.v, p.v_stride, seq, p.heads, p.batch, Cfg::kD, Cfg::kBN, p.dtype);
-  HopperArgs<T> a;
+  HopperArgs<T> a{};
   a.o = static_cast<T*>(p.o);
   for (int i = 0; i < 3; ++i) a.os[i] = p.o_stride[i];
   a.g = p.geom;
@@ -567,27 +719,66 @@ void launch_hopper(const StaAttentionParams& p, cudaStream_t stream) {
   a.batch_heads = p.batch * p.heads;
   const int64_t img_qblocks = p.geom.img_slots / Cfg::kBM;
   const int64_t text_qblocks = (p.geom.text_slots + Cfg::kBM - 1) / Cfg::kBM;
-  const int64_t ctas = (img_qblocks + text_qblocks) * p.batch * p.heads;
-  STAVID_CHECK(ctas < (int64_t(1) << 31), "STA Hopper: ", ctas, " CTAs exceed one launch's grid");
+  const int64_t items = (img_qblocks + text_qblocks) * p.batch * p.heads;
+  STAVID_CHECK(items < (int64_t(1) << 31), "STA Hopper: ", items, " work items exceed one launch's grid");
   a.img_qblocks = static_cast<int32_t>(img_qblocks);
   a.text_qblocks = static_cast<int32_t>(text_qblocks);
+  a.items = static_cast<int32_t>(items);
   const float scale = p.softmax_scale > 0.f ? p.softmax_scale : 1.f / sqrtf(static_cast<float>(p.head_dim));
   a.scale_log2 = scale * 1.4426950408889634f;
+  a.skip_empty = var.kind == StaHopperVariant::Skip || var.kind == StaHopperVariant::Persist;
+  a.persistent = var.kind == StaHopperVariant::Persist;
+  int64_t ctas = items;
+  if (a.persistent) {
+    int device = 0, sms = 0;
+    STAVID_CUDA_CHECK(cudaGetDevice(&device));
+    STAVID_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    ctas = std::min<int64_t>(items, static_cast<int64_t>(sms) * Cfg::kCtasPerSm);
+    if (var.max_ctas > 0) ctas = std::min<int64_t>(ctas, var.max_ctas);
+    a.counter = persistent_counter(stream);
+    STAVID_CUDA_CHECK(cudaMemsetAsync(a.counter, 0, sizeof(int32_t), stream));
+    // Longest first: batch x heads by decreasing visit count (every query tile of a head sees the
+    // same number of key tiles), stable, so equal heads keep their order.
+    if (p.host_windows && a.batch_heads <= kHopperMaxOrdered) {
+      std::vector<int64_t> tiles(p.heads);
+      for (int h = 0; h < p.heads; ++h) {
+        const StaWindow w = p.host_windows[h];
+        const int32_t wd[3] = {w.t, w.h, w.w};
+        tiles[h] = 1;
+        for (int d = 0; d < 3; ++d) tiles[h] *= std::min(2 * (wd[d] / 2) + 1, p.geom.grid[d]);
+      }
+      std::vector<int16_t> order(a.batch_heads);
+      for (int i = 0; i < a.batch_heads; ++i) order[i] = static_cast<int16_t>(i);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int16_t x, int16_t y) { return tiles[x % p.heads] > tiles[y % p.heads]; });
+      std::copy(order.begin(), order.end(), a.bh_order);
+      a.ordered = true;
+    }
+  }
   kernel<<<static_cast<unsigned>(ctas), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(tq, tk, tv, a);
   STAVID_CUDA_CHECK_LAUNCH();
 }
 
-// 128-row CTAs for tiles of a multiple of 128 tokens, 64-row CTAs (two per SM) otherwise.
+// 128-row CTAs for tiles of a multiple of 128 tokens, 64-row CTAs (two per SM) otherwise; the
+// unmasked instance unless the variant is "masked" or a visit needs a mask.
+template <typename Cfg>
+void launch_hopper_masking(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
+  if (var.kind == StaHopperVariant::Masked || launch_needs_masks(p.geom, Cfg::kBN))
+    launch_hopper<Cfg, true>(p, var, stream);
+  else
+    launch_hopper<Cfg, false>(p, var, stream);
+}
+
 template <typename T, int kD>
-void launch_hopper_for(const StaAttentionParams& p, cudaStream_t stream) {
-  if (p.geom.tile_tokens % 128 == 0) launch_hopper<HopperCfg<T, kD, 2, 128>>(p, stream);
-  else launch_hopper<HopperCfg<T, kD, 1, 64>>(p, stream);
+void launch_hopper_for(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
+  if (p.geom.tile_tokens % 128 == 0) launch_hopper_masking<HopperCfg<T, kD, 2, 128>>(p, var, stream);
+  else launch_hopper_masking<HopperCfg<T, kD, 1, 64>>(p, var, stream);
 }
 
 template <typename T>
-void launch_hopper_dim(const StaAttentionParams& p, cudaStream_t stream) {
-  if (p.head_dim == 128) launch_hopper_for<T, 128>(p, stream);
-  else launch_hopper_for<T, 64>(p, stream);
+void launch_hopper_dim(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
+  if (p.head_dim == 128) launch_hopper_for<T, 128>(p, var, stream);
+  else launch_hopper_for<T, 64>(p, var, stream);
 }
 
 }  // namespace
@@ -606,8 +797,9 @@ void sta_attention_hopper(const StaAttentionParams& p, CudaStream stream) {
   STAVID_CHECK_CODE(sta_hopper_supports(p), ErrorCode::Unsupported,
                     "STA Hopper: this kernel takes bf16 or fp16, head_dim 64 or 128 and tiles of a multiple of "
                     "64 tokens");
-  if (p.dtype == DType::F16) launch_hopper_dim<__half>(p, stream);
-  else launch_hopper_dim<__nv_bfloat16>(p, stream);
+  const StaHopperVariant var = sta_hopper_variant();
+  if (p.dtype == DType::F16) launch_hopper_dim<__half>(p, var, stream);
+  else launch_hopper_dim<__nv_bfloat16>(p, var, stream);
 }
 
 }  // namespace stavid::detail

@@ -4,6 +4,11 @@
 # selector tests, and, when they pass, times the Hopper kernel against the portable one on the
 # paper shape (JSON lines from bench_sta). Meant to share a device call with other work:
 #   scripts/hopper-check.sh build > /tmp/hb.log 2>&1 &  ...other GPU work...; wait; scripts/hopper-check.sh run
+# Variants (STAVID_STA_HOPPER_VARIANT, kernels/sta.h): HOPPER_VARIANTS="masked lean skip persist"
+# checks every listed variant in one test run (each case's fp64 reference computed once, every
+# variant compared with it) and times the cases of HOPPER_BENCH (default below) for each variant in
+# turn, case by case, with no portable run; JSON lines carry "variant" and go to $OUT/hopper_bench.jsonl
+# too when $OUT is set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build="${STAVID_GPU_BUILD_DIR:-build-gpu}"
@@ -22,13 +27,23 @@ run)
   cuobjdump -sass "$obj" > /tmp/hopper.sass 2>&1
   echo "HGMMA $(grep -c HGMMA /tmp/hopper.sass)  LDL $(grep -c 'LDL' /tmp/hopper.sass)  STL $(grep -c 'STL' /tmp/hopper.sass)"
   export STAVID_EXPECT_GPU=1
-  echo "== tests"
-  timeout 180 "$build/tests/test_sta" --gtest_filter="${HOPPER_FILTER:-StaAttentionHopper.*:StaSelector.*}" 2>&1 | tail -60
+  variants="${HOPPER_VARIANTS:-}"
+  echo "== tests${variants:+ (variants: $variants)}"
+  # Unset, the test checks every variant; set, the ones listed.
+  [ -n "$variants" ] && export STAVID_STA_HOPPER_VARIANTS="$variants"
+  timeout 300 "$build/tests/test_sta" --gtest_filter="${HOPPER_FILTER:-StaAttentionHopper.*:StaSelector.*}" 2>&1 | tail -60
   rc=${PIPESTATUS[0]}
   if [ "$rc" -ne 0 ]; then
     echo "== tests failed (rc $rc): compute-sanitizer on the first Hopper case"
     timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "$build/tests/test_sta" \
       --gtest_filter='StaAttentionHopper.*' 2>&1 | head -80
+  fi
+  if [ -n "$variants" ]; then
+    cases="${HOPPER_BENCH-paper_333 paper_333_text paper_full paper_555 720p_688_333 720p_388_333 mixed}"
+    echo "== bench (hopper, variants $variants, case by case)"
+    STAVID_STA_HOPPER=1 timeout 300 "$build/bench/bench_sta" --only "$(echo $cases | tr ' ' ,)" \
+      --variants "$(echo $variants | tr ' ' ,)" | tee ${OUT:+"$OUT/hopper_bench.jsonl"}
+    exit "$rc"
   fi
   echo "== bench (portable, then hopper)"
   for c in ${HOPPER_BENCH-paper_full}; do

@@ -998,27 +998,72 @@ TEST(StaSelector, HopperOnlyWhenOptedInAndSupported) {
   EXPECT_EQ(select_sta_kernel(p), StaKernel::PortableM128);
 }
 
+TEST(StaSelector, HopperVariantFromEnvironment) {
+  {
+    ScopedEnv unset("STAVID_STA_HOPPER_VARIANT", "");
+    EXPECT_EQ(detail::sta_hopper_variant().kind, detail::StaHopperVariant::Lean) << "the default";
+  }
+  for (const char* name : {"masked", "lean", "skip", "persist", "persist:3"}) {
+    ScopedEnv v("STAVID_STA_HOPPER_VARIANT", name);
+    EXPECT_EQ(detail::sta_hopper_variant_name(detail::sta_hopper_variant()), name);
+  }
+  {
+    ScopedEnv v("STAVID_STA_HOPPER_VARIANT", "persist:3");
+    EXPECT_EQ(detail::sta_hopper_variant().max_ctas, 3);
+  }
+  for (const char* bad : {"fast", "lean:2", "persist:0", "persist:", "persist:3x"}) {
+    ScopedEnv v("STAVID_STA_HOPPER_VARIANT", bad);
+    EXPECT_THROW(detail::sta_hopper_variant(), Error) << bad;
+  }
+}
+
+// The Hopper variants the GPU test checks: STAVID_STA_HOPPER_VARIANTS (names separated by spaces or
+// commas) or, unset, every variant and persist:3 (3 CTAs, each taking many work items: the Q buffers
+// and the K/V ring wrap across items).
+[[maybe_unused]] std::vector<std::string> hopper_test_variants() {
+  const char* env = std::getenv("STAVID_STA_HOPPER_VARIANTS");
+  std::vector<std::string> vs;
+  std::string cur;
+  for (const char* ch = env ? env : "masked lean skip persist persist:3"; ; ++ch) {
+    if (*ch == ' ' || *ch == ',' || *ch == '\0') {
+      if (!cur.empty()) vs.push_back(cur);
+      cur.clear();
+      if (*ch == '\0') break;
+    } else {
+      cur += *ch;
+    }
+  }
+  return vs;
+}
+
 TEST(StaAttentionHopper, MatchesFp64ReferenceFa3Rule) {
   STAVID_REQUIRE_CUDA();
 #if defined(STAVID_WITH_CUDA)
   if (!detail::sta_hopper_device(0)) GTEST_SKIP() << "the Hopper kernel needs a compute capability 9.0 device";
   ScopedEnv on("STAVID_STA_HOPPER", "1");
+  const std::vector<std::string> variants = hopper_test_variants();
+  ASSERT_FALSE(variants.empty()) << "STAVID_STA_HOPPER_VARIANTS names no variant";
   int checked = 0;
   uint32_t seed = 9000;
   for (const auto& [c, dt] : hopper_cases()) {
     const AttnInputs in = make_inputs(c, dt, seed += 3);
-    StaKernel kernel{};
-    const auto out = run_attention(c, in, dt, Device::cuda(0), &kernel);
-    ASSERT_EQ(kernel, StaKernel::Hopper) << c.str(dt);
-    const Reference r = reference(c, in, dt);
-    const Compared cmp = gather_used(c, in.g, out, r);
-    ASSERT_EQ(cmp.non_finite, 0) << c.str(dt) << " [hopper]: outputs not written or not finite";
-    const double err = max_abs_err(cmp.out, cmp.ref), base = max_abs_err(cmp.naive, cmp.ref);
-    EXPECT_LE(err, 2 * base + kFa3Atol) << c.str(dt) << " [hopper] naive16 err " << base;
-    EXPECT_LE(nmse(cmp.out, cmp.ref), 5e-4) << c.str(dt) << " [hopper]";
-    ++checked;
+    const Reference r = reference(c, in, dt);  // once per case: it dominates the test's time
+    for (const std::string& name : variants) {
+      // The kernel reads the variant at every call: check that this name selects it.
+      ScopedEnv variant("STAVID_STA_HOPPER_VARIANT", name.c_str());
+      ASSERT_EQ(detail::sta_hopper_variant_name(detail::sta_hopper_variant()), name);
+      StaKernel kernel{};
+      const auto out = run_attention(c, in, dt, Device::cuda(0), &kernel);
+      ASSERT_EQ(kernel, StaKernel::Hopper) << c.str(dt);
+      const Compared cmp = gather_used(c, in.g, out, r);
+      ASSERT_EQ(cmp.non_finite, 0) << c.str(dt) << " [hopper " << name << "]: outputs not written or not finite";
+      const double err = max_abs_err(cmp.out, cmp.ref), base = max_abs_err(cmp.naive, cmp.ref);
+      EXPECT_LE(err, 2 * base + kFa3Atol) << c.str(dt) << " [hopper " << name << "] naive16 err " << base;
+      EXPECT_LE(nmse(cmp.out, cmp.ref), 5e-4) << c.str(dt) << " [hopper " << name << "]";
+      ++checked;
+    }
   }
-  EXPECT_EQ(checked, 18);
+  EXPECT_EQ(checked, 18 * static_cast<int>(variants.size()));
 #endif
 }
 
