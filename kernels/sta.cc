@@ -102,9 +102,10 @@ StaHopperVariant sta_hopper_variant() {
   else if (name == "lean") v.kind = StaHopperVariant::Lean;
   else if (name == "skip") v.kind = StaHopperVariant::Skip;
   else if (name == "persist") v.kind = StaHopperVariant::Persist;
+  else if (name == "deep") v.kind = StaHopperVariant::Deep;
   else
     STAVID_THROW(ErrorCode::InvalidArgument, "STAVID_STA_HOPPER_VARIANT=", s,
-                 ": expected masked, lean, skip, persist or persist:N");
+                 ": expected masked, lean, skip, persist, persist:N or deep");
   if (name.size() < s.size()) {
     const std::string cap = s.substr(name.size() + 1);
     char* end = nullptr;
@@ -123,6 +124,7 @@ std::string sta_hopper_variant_name(const StaHopperVariant& v) {
     case StaHopperVariant::Skip: return "skip";
     case StaHopperVariant::Persist:
       return v.max_ctas > 0 ? "persist:" + std::to_string(v.max_ctas) : std::string("persist");
+    case StaHopperVariant::Deep: return "deep";
   }
   return "?";
 }

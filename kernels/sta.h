@@ -313,9 +313,11 @@ bool sta_hopper_supports(const StaAttentionParams& p);
 // - "persist": skip, on a persistent grid (SMs x CTAs per SM, capped by ":N" as in "persist:3")
 //   whose CTAs take work items from a global counter, text blocks first, then the image blocks of
 //   each batch x head in decreasing visit count (host_windows), so heads with different windows
-//   balance.
+//   balance;
+// - "deep": skip, with a 3-stage K/V ring (and one Q buffer) on 128-row CTAs (tiles of a multiple of
+//   128 tokens; 64-row CTAs keep 2 stages), not persistent.
 struct StaHopperVariant {
-  enum Kind : uint8_t { Masked, Lean, Skip, Persist } kind = Lean;
+  enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep } kind = Lean;
   int32_t max_ctas = 0;  // "persist:N": at most N CTAs (0: no cap); tests use it to give CTAs many items
 };
 // Parses STAVID_STA_HOPPER_VARIANT (unset or empty: lean); throws InvalidArgument on an unknown name.

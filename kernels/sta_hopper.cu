@@ -23,9 +23,10 @@
 //   stage ends the loop, so the producer may drop blocks without a valid key ("skip").
 // - Warpgroup 0, the producer, gives registers back (setmaxnreg.dec). It walks the visit list of
 //   each work item (sta_query_range / sta_visit_at / sta_visit_next, kernels/sta.h, blocks of BN
-//   keys); per item it writes the item's header (HopperItem) into one of two Q buffers and loads Q
-//   there (q_full; the consumers release the buffer on q_empty), then issues TMA loads
-//   (cp.async.bulk.tensor.4d, 128-byte swizzle) of each K and V block into a 2-stage ring: it waits
+//   keys); per item it writes the item's header (HopperItem) into one of the Q buffers (two, or one
+//   with a 3-stage ring) and loads Q there (q_full; the consumers release the buffer on q_empty),
+//   then issues TMA loads (cp.async.bulk.tensor.4d, 128-byte swizzle) of each K and V block into a
+//   ring of 2 stages (3 for the variant "deep" on 128-row CTAs): it waits
 //   on the stage's `empty` mbarrier, arms its `full` mbarrier with the byte count (arrive.expect_tx)
 //   and the TMA completes the transaction.
 // - Element masks: only the producer knows which visits need them (StaVisit::needs_mask: tiles with
@@ -46,10 +47,10 @@
 //   (MN-major, transposed by the descriptor), then every consumer thread arrives on `empty`.
 // - Epilogue: rows past the sequence and rows the o_row_map drops (padded slots) are not written,
 //   as in the portable kernel.
-// Shared memory: Q [2 buffers][d / 64 boxes][BM rows][64 cols], K and V [2 stages][d / 64 boxes][BN][64]. A
+// Shared memory: Q [kQBufs][d / 64 boxes][BM rows][64 cols], K and V [kStages][d / 64 boxes][BN][64]. A
 // box is one TMA box: 64 16-bit values = 128 bytes per row, the 128B swizzle atom width; rows are
 // 128 bytes apart and the swizzle repeats every 8 rows (1024 bytes), so every region is 1024-byte
-// aligned. d = 128, BN = 128: 2 x 32 KB + 2 x 64 KB.
+// aligned. d = 128, BN = 128: 2 x 32 KB + 2 x 64 KB, or 32 KB + 3 x 64 KB ("deep").
 //
 // Not yet here: consumer ping-pong, more stages, lazy rescaling, a TMA store.
 #include <cuda.h>  // CUtensorMap and its enums only: the driver entry point is fetched at run time
@@ -74,9 +75,9 @@
 namespace stavid::detail {
 
 // Compile-time shape of one kernel instance: storage type T (bf16 or fp16), head dim kD (64 or
-// 128), kConsumers consumer warpgroups of 64 query rows, key blocks of kBN. (Outside the anonymous
+// 128), kConsumers consumer warpgroups of 64 query rows, key blocks of kBN, a K/V ring of kStages. (Outside the anonymous
 // namespace: members used only by the sm_90a body would warn as unreferenced in other passes.)
-template <typename T, int kD_, int kConsumers_, int kBN_>
+template <typename T, int kD_, int kConsumers_, int kBN_, int kStages_ = 2>
 struct HopperCfg {
   using Type = T;
   static constexpr int kD = kD_, kConsumers = kConsumers_, kBN = kBN_;
@@ -89,9 +90,10 @@ struct HopperCfg {
   static constexpr int kBoxes = kD / 64;                       // 64-column TMA boxes per row
   static constexpr int kQBox = kBM * 128, kKvBox = kBN * 128;  // bytes of one box
   static constexpr int kQBytes = kBoxes * kQBox, kKvBytes = kBoxes * kKvBox;
-  static constexpr int kStages = 2;  // K/V ring
-  // Two Q buffers: the next work item's Q loads while the consumers finish this one (persistent grid).
-  static constexpr int kQBufs = 2;
+  static constexpr int kStages = kStages_;  // K/V ring
+  // Two Q buffers with a 2-stage ring: the next work item's Q loads while the consumers finish this
+  // one (persistent grid). A 3-stage ring (d = 128: 3 x 64 KB) leaves room for one.
+  static constexpr int kQBufs = kStages == 2 ? 2 : 1;
   static constexpr int kSmemQ = 0;
   static constexpr int kSmemK = kSmemQ + kQBufs * kQBytes;
   static constexpr int kSmemV = kSmemK + kStages * kKvBytes;
@@ -356,8 +358,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   using T = typename Cfg::Type;
   constexpr int kD = Cfg::kD, kBM = Cfg::kBM, kBN = Cfg::kBN, kBoxes = Cfg::kBoxes, kStages = Cfg::kStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // full[kStages], empty[kStages], q_full[2], q_empty[2]
-  __shared__ __align__(8) uint64_t bars[2 * kStages + 4];
+  // full[kStages], empty[kStages], q_full[kQBufs], q_empty[kQBufs]
+  __shared__ __align__(8) uint64_t bars[2 * (kStages + Cfg::kQBufs)];
   __shared__ HopperItem s_item[Cfg::kQBufs];
   // Masked instance, per stage: kStage* flags and the valid keys of the block in flight (bit i of
   // word w: key 32 w + i), written only for masked blocks.
@@ -368,7 +370,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sq = base + Cfg::kSmemQ, sk = base + Cfg::kSmemK, sv = base + Cfg::kSmemV;
   const uint32_t full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[kStages]);
-  const uint32_t q_full0 = smem_u32(&bars[2 * kStages]), q_empty0 = smem_u32(&bars[2 * kStages + 2]);
+  const uint32_t q_full0 = smem_u32(&bars[2 * kStages]), q_empty0 = smem_u32(&bars[2 * kStages + Cfg::kQBufs]);
   const StaGeometry& g = a.g;
   const int wg = threadIdx.x / 128;
 
@@ -377,7 +379,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       mbar_init(full0 + 8 * s, 1);                        // the producer's arrive(.expect_tx)
       mbar_init(empty0 + 8 * s, Cfg::kConsumers * 128);  // every consumer thread
     }
-    for (int s = 0; s < 2; ++s) {
+    for (int s = 0; s < Cfg::kQBufs; ++s) {
       mbar_init(q_full0 + 8 * s, 1);
       mbar_init(q_empty0 + 8 * s, Cfg::kConsumers * 128);
     }
@@ -398,9 +400,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       uint32_t slot = 0;  // K/V stages filled so far: stage slot % kStages, its (slot / kStages)-th use
       int item = blockIdx.x;
       for (int k = 0;; ++k) {
-        const int qb = k & 1;
+        const int qb = k % Cfg::kQBufs;
         const uint32_t q_full = q_full0 + 8 * qb;
-        if (lane == 0 && k >= 2) mbar_wait(q_empty0 + 8 * qb, ((k >> 1) - 1) & 1);  // item k - 2 done with it
+        if (lane == 0 && k >= Cfg::kQBufs)  // item k - kQBufs is done with the buffer
+          mbar_wait(q_empty0 + 8 * qb, (k / Cfg::kQBufs - 1) & 1);
         if (item >= a.items) {
           if (lane == 0) {
             s_item[qb].bh = -1;
@@ -506,8 +509,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   const int32_t seq_len = static_cast<int32_t>(g.seq_len());
   uint32_t slot = 0;  // K/V stages consumed so far, as the producer counts them
   for (int k = 0;; ++k) {
-    const int qb = k & 1;
-    mbar_wait(q_full0 + 8 * qb, (k >> 1) & 1);
+    const int qb = k % Cfg::kQBufs;
+    mbar_wait(q_full0 + 8 * qb, (k / Cfg::kQBufs) & 1);
     const HopperItem it = s_item[qb];
     if (it.bh < 0) break;
     const uint32_t sqb = sq + qb * Cfg::kQBytes;
@@ -726,7 +729,8 @@ void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cud
   a.items = static_cast<int32_t>(items);
   const float scale = p.softmax_scale > 0.f ? p.softmax_scale : 1.f / sqrtf(static_cast<float>(p.head_dim));
   a.scale_log2 = scale * 1.4426950408889634f;
-  a.skip_empty = var.kind == StaHopperVariant::Skip || var.kind == StaHopperVariant::Persist;
+  a.skip_empty = var.kind == StaHopperVariant::Skip || var.kind == StaHopperVariant::Persist ||
+                 var.kind == StaHopperVariant::Deep;
   a.persistent = var.kind == StaHopperVariant::Persist;
   int64_t ctas = items;
   if (a.persistent) {
@@ -759,8 +763,7 @@ void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cud
   STAVID_CUDA_CHECK_LAUNCH();
 }
 
-// 128-row CTAs for tiles of a multiple of 128 tokens, 64-row CTAs (two per SM) otherwise; the
-// unmasked instance unless the variant is "masked" or a visit needs a mask.
+// The unmasked instance unless the variant is "masked" or a visit needs a mask.
 template <typename Cfg>
 void launch_hopper_masking(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
   if (var.kind == StaHopperVariant::Masked || launch_needs_masks(p.geom, Cfg::kBN))
@@ -769,10 +772,13 @@ void launch_hopper_masking(const StaAttentionParams& p, const StaHopperVariant& 
     launch_hopper<Cfg, false>(p, var, stream);
 }
 
+// 128-row CTAs for tiles of a multiple of 128 tokens (a 3-stage ring for the variant "deep"),
+// 64-row CTAs (two per SM, whose shared memory leaves no room for a third stage) otherwise.
 template <typename T, int kD>
 void launch_hopper_for(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
-  if (p.geom.tile_tokens % 128 == 0) launch_hopper_masking<HopperCfg<T, kD, 2, 128>>(p, var, stream);
-  else launch_hopper_masking<HopperCfg<T, kD, 1, 64>>(p, var, stream);
+  if (p.geom.tile_tokens % 128 != 0) launch_hopper_masking<HopperCfg<T, kD, 1, 64>>(p, var, stream);
+  else if (var.kind == StaHopperVariant::Deep) launch_hopper_masking<HopperCfg<T, kD, 2, 128, 3>>(p, var, stream);
+  else launch_hopper_masking<HopperCfg<T, kD, 2, 128>>(p, var, stream);
 }
 
 template <typename T>

@@ -4,7 +4,7 @@
 # selector tests, and, when they pass, times the Hopper kernel against the portable one on the
 # paper shape (JSON lines from bench_sta). Meant to share a device call with other work:
 #   scripts/hopper-check.sh build > /tmp/hb.log 2>&1 &  ...other GPU work...; wait; scripts/hopper-check.sh run
-# Variants (STAVID_STA_HOPPER_VARIANT, kernels/sta.h): HOPPER_VARIANTS="masked lean skip persist"
+# Variants (STAVID_STA_HOPPER_VARIANT, kernels/sta.h): HOPPER_VARIANTS="masked lean skip persist deep"
 # checks every listed variant in one test run (each case's fp64 reference computed once, every
 # variant compared with it) and times the cases of HOPPER_BENCH (default below) for each variant in
 # turn, case by case, with no portable run; JSON lines carry "variant" and go to $OUT/hopper_bench.jsonl

@@ -1003,7 +1003,7 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
     ScopedEnv unset("STAVID_STA_HOPPER_VARIANT", "");
     EXPECT_EQ(detail::sta_hopper_variant().kind, detail::StaHopperVariant::Lean) << "the default";
   }
-  for (const char* name : {"masked", "lean", "skip", "persist", "persist:3"}) {
+  for (const char* name : {"masked", "lean", "skip", "persist", "persist:3", "deep"}) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", name);
     EXPECT_EQ(detail::sta_hopper_variant_name(detail::sta_hopper_variant()), name);
   }
@@ -1011,7 +1011,7 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", "persist:3");
     EXPECT_EQ(detail::sta_hopper_variant().max_ctas, 3);
   }
-  for (const char* bad : {"fast", "lean:2", "persist:0", "persist:", "persist:3x"}) {
+  for (const char* bad : {"fast", "lean:2", "persist:0", "persist:", "persist:3x", "deep:2"}) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", bad);
     EXPECT_THROW(detail::sta_hopper_variant(), Error) << bad;
   }
@@ -1024,7 +1024,7 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
   const char* env = std::getenv("STAVID_STA_HOPPER_VARIANTS");
   std::vector<std::string> vs;
   std::string cur;
-  for (const char* ch = env ? env : "masked lean skip persist persist:3"; ; ++ch) {
+  for (const char* ch = env ? env : "masked lean skip persist persist:3 deep";; ++ch) {
     if (*ch == ' ' || *ch == ',' || *ch == '\0') {
       if (!cur.empty()) vs.push_back(cur);
       cur.clear();
