@@ -5,7 +5,7 @@
 // Times: wall clock around synchronized forwards (after a warm-up forward that builds the layout
 // and the cuBLASLt plans), median of --reps.
 //
-// Usage: bench_dit [--config full|small] [--latent T H W] [--text N] [--text-valid N]
+// Usage: bench_dit [--config full|small|demo] [--latent T H W] [--text N] [--text-valid N]
 //                  [--tile T H W] [--modes dense,sta_3_3_3,sta_5_5_5] [--reps N]
 //                  [--profile] [--gemm-shapes FILE] [--teacache-steps N --teacache THRESH]
 //   --profile: one more forward per mode under the kernel profiler: a "dit_breakdown" line with
@@ -72,7 +72,25 @@ int main(int argc, char** argv) {
     const Device dev = gpu ? Device::cuda(0) : Device::cpu();
     const DType dt = gpu ? DType::BF16 : DType::F32;
     DitConfig c;  // the released 13B
-    if (config == "small" || !gpu) {
+    if (config == "demo") {
+      // The embedded demo model's shapes (docs/demo-model.md) at its native size: 33 x 256 x 256 video,
+      // 9 x 16 x 16 = 2,304 tokens, 32 text slots, tile 2 x 4 x 8; the one config timed on the CPU too.
+      c.num_attention_heads = 2;
+      c.attention_head_dim = 64;
+      c.rope_axes_dim = {16, 24, 24};
+      c.num_layers = 4;
+      c.num_single_layers = 6;
+      c.num_refiner_layers = 1;
+      c.text_embed_dim = 128;
+      c.pooled_projection_dim = 64;
+      latent[0] = 9;
+      latent[1] = latent[2] = 32;
+      tile[0] = 2;
+      tile[1] = 4;
+      tile[2] = 8;
+      text = 32;
+      text_valid = 12;
+    } else if (config == "small" || !gpu) {
       c.num_attention_heads = 2;
       c.attention_head_dim = 64;
       c.rope_axes_dim = {16, 24, 24};
