@@ -76,26 +76,17 @@ ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& root, const std::
       root.contains("text_config") && root["text_config"].is_object() ? root["text_config"] : root;
   ClipTextConfig c;
   try {
-    auto required = [&](const char* k, auto& v) {
-      STAVID_CHECK(j.contains(k) && !j[k].is_null(), what, ": required field \"", k, "\" is missing");
-      j.at(k).get_to(v);
-    };
-    auto optional = [&](const char* k, auto& v, auto fallback) {
-      if (j.contains(k) && !j[k].is_null())
-        j.at(k).get_to(v);
-      else
-        v = fallback;
-    };
-    required("vocab_size", c.vocab_size);
-    required("hidden_size", c.hidden_size);
-    required("intermediate_size", c.intermediate_size);
-    required("num_hidden_layers", c.num_hidden_layers);
-    required("num_attention_heads", c.num_attention_heads);
-    optional("max_position_embeddings", c.max_position_embeddings, int64_t{77});
-    optional("layer_norm_eps", c.layer_norm_eps, 1e-5f);
-    optional("eos_token_id", c.eos_token_id, int64_t{49407});
+    const JsonFields fields(j, what);
+    fields.required("vocab_size", c.vocab_size);
+    fields.required("hidden_size", c.hidden_size);
+    fields.required("intermediate_size", c.intermediate_size);
+    fields.required("num_hidden_layers", c.num_hidden_layers);
+    fields.required("num_attention_heads", c.num_attention_heads);
+    fields.optional("max_position_embeddings", c.max_position_embeddings, int64_t{77});
+    fields.optional("layer_norm_eps", c.layer_norm_eps, 1e-5f);
+    fields.optional("eos_token_id", c.eos_token_id, int64_t{49407});
     std::string act;
-    optional("hidden_act", act, std::string("quick_gelu"));
+    fields.optional("hidden_act", act, std::string("quick_gelu"));
     STAVID_CHECK_CODE(act == "quick_gelu", ErrorCode::Unsupported, what, ": hidden_act \"", act,
                       "\" (only quick_gelu)");
   } catch (const nlohmann::json::exception& e) {

@@ -74,36 +74,27 @@ LlamaConfig LlamaConfig::from_json(const nlohmann::json& j, const std::string& w
   STAVID_CHECK(j.is_object(), what, ": expected a JSON object");
   LlamaConfig c;
   try {
-    auto required = [&](const char* k, auto& v) {
-      STAVID_CHECK(j.contains(k) && !j[k].is_null(), what, ": required field \"", k, "\" is missing");
-      j.at(k).get_to(v);
-    };
-    auto optional = [&](const char* k, auto& v, auto fallback) {
-      if (j.contains(k) && !j[k].is_null())
-        j.at(k).get_to(v);
-      else
-        v = fallback;
-    };
-    required("hidden_size", c.hidden_size);
-    required("intermediate_size", c.intermediate_size);
-    required("num_hidden_layers", c.num_hidden_layers);
-    required("num_attention_heads", c.num_attention_heads);
-    required("vocab_size", c.vocab_size);
-    optional("num_key_value_heads", c.num_key_value_heads, c.num_attention_heads);
-    optional("rms_norm_eps", c.rms_norm_eps, 1e-6f);
-    optional("rope_theta", c.rope_theta, 10000.0);
-    optional("max_position_embeddings", c.max_position_embeddings, int64_t{2048});
+    const JsonFields fields(j, what);
+    fields.required("hidden_size", c.hidden_size);
+    fields.required("intermediate_size", c.intermediate_size);
+    fields.required("num_hidden_layers", c.num_hidden_layers);
+    fields.required("num_attention_heads", c.num_attention_heads);
+    fields.required("vocab_size", c.vocab_size);
+    fields.optional("num_key_value_heads", c.num_key_value_heads, c.num_attention_heads);
+    fields.optional("rms_norm_eps", c.rms_norm_eps, 1e-6f);
+    fields.optional("rope_theta", c.rope_theta, 10000.0);
+    fields.optional("max_position_embeddings", c.max_position_embeddings, int64_t{2048});
     STAVID_CHECK(c.num_attention_heads > 0, what, ": num_attention_heads must be positive");
-    optional("head_dim", c.head_dim, c.hidden_size / c.num_attention_heads);
-    if (!j.contains("head_dim") || j["head_dim"].is_null())
+    fields.optional("head_dim", c.head_dim, c.hidden_size / c.num_attention_heads);
+    if (!fields.has("head_dim"))
       STAVID_CHECK(c.hidden_size % c.num_attention_heads == 0, what, ": hidden_size ", c.hidden_size,
                    " is not a multiple of num_attention_heads ", c.num_attention_heads);
     std::string act = "silu";
-    optional("hidden_act", act, std::string("silu"));
+    fields.optional("hidden_act", act, std::string("silu"));
     STAVID_CHECK_CODE(act == "silu", ErrorCode::Unsupported, what, ": hidden_act \"", act, "\" (only silu)");
     for (const char* k : {"attention_bias", "mlp_bias"}) {
       bool b = false;
-      optional(k, b, false);
+      fields.optional(k, b, false);
       STAVID_CHECK_CODE(!b, ErrorCode::Unsupported, what, ": ", k, " = true is not supported");
     }
     if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
