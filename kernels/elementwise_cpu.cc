@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "kernels/cpu_elem.h"
+#include "kernels/cpu_math.h"
 #include "kernels/elementwise.h"
 
 namespace stavid::detail {
@@ -9,9 +10,12 @@ namespace stavid::detail {
 namespace {
 template <typename E>
 void unary_t(const UnaryParams& p) {
-  for (int64_t i = 0; i < p.n; ++i) {
-    const float x = E::load(p.x, static_cast<size_t>(i));
-    E::store(p.y, static_cast<size_t>(i), p.op == UnaryOp::GeluTanh ? gelu_tanh_f(x) : silu_f(x));
+  if (p.op == UnaryOp::GeluTanh) {
+    for (int64_t i = 0; i < p.n; ++i)
+      E::store(p.y, static_cast<size_t>(i), cpu::gelu_tanh_fast(E::load(p.x, static_cast<size_t>(i))));
+  } else {
+    for (int64_t i = 0; i < p.n; ++i)
+      E::store(p.y, static_cast<size_t>(i), cpu::silu_fast(E::load(p.x, static_cast<size_t>(i))));
   }
 }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "kernels/cpu_math.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 
@@ -23,15 +24,25 @@ std::vector<float> widen(const void* src, DType t, int64_t rows, int64_t cols, i
   return out;
 }
 
-// C[m,n] = A[m,k] . op(B), fp32, dense row-major operands (lda=k, ldb=k or n, ldc=n).
+#if defined(STAVID_HAVE_OPENBLAS)
+constexpr bool kHaveBlas = true;
+#else
+constexpr bool kHaveBlas = false;
+#endif
+
+// C[m,n] = alpha A[m,k] . op(B) + beta C, fp32, row-major (lda=k, ldb=k or n, C's row stride ldc).
+// Without OpenBLAS only alpha = 1, beta = 0 and ldc = n are used.
 void sgemm_dense(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k,
-                 bool b_transposed) {
+                 bool b_transposed, float alpha = 1.f, float beta = 0.f, int64_t ldc = -1) {
 #if defined(STAVID_HAVE_OPENBLAS)
   cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans,
-              static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 1.f, a,
-              static_cast<int>(k), b, static_cast<int>(b_transposed ? k : n), 0.f, c,
-              static_cast<int>(n));
+              static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a,
+              static_cast<int>(k), b, static_cast<int>(b_transposed ? k : n), beta, c,
+              static_cast<int>(ldc < 0 ? n : ldc));
 #else
+  (void)alpha;
+  (void)beta;
+  (void)ldc;
   // Portable path: B made [k, n] so the inner loop streams rows of B and C.
   std::vector<float> bt;
   const float* bkn = b;
@@ -65,7 +76,10 @@ void gemm_cpu(const GemmParams& p) {
   const bool has_gelu = p.epilogue == GemmEpilogue::GeluTanh || p.epilogue == GemmEpilogue::BiasGeluTanh;
   std::vector<float> bias;
   if (has_bias) bias = widen(p.bias, p.out_dtype, 1, p.n, p.n);
-  std::vector<float> c(static_cast<size_t>(p.m * p.n));
+  // The product goes straight into D when D is fp32 and the epilogue order allows it (an
+  // accumulated output adds D after bias and GELU, so those go through the temporary).
+  const bool direct = kHaveBlas && p.out_dtype == DType::F32 && (!p.accumulate || (!has_bias && !has_gelu));
+  std::vector<float> c(direct ? 0 : static_cast<size_t>(p.m * p.n));
   const size_t in_size = dtype_size(p.dtype);
   const size_t out_size = dtype_size(p.out_dtype);
 
@@ -89,13 +103,28 @@ void gemm_cpu(const GemmParams& p) {
       b32 = widen(b_base, p.dtype, b_rows, b_cols, p.ldb);
       b = b32.data();
     }
+    if (direct) {
+      // fp32 output: the product lands in D (accumulating with beta = 1 when asked), then bias and
+      // GELU in place; no temporary C and no per-element dtype dispatch.
+      auto* d = reinterpret_cast<float*>(d_base);
+      sgemm_dense(a, b, d, p.m, p.n, p.k, p.b_transposed, p.alpha, p.accumulate ? 1.f : 0.f, p.ldd);
+      if (!has_bias && !has_gelu) continue;
+      for (int64_t i = 0; i < p.m; ++i) {
+        float* row = d + i * p.ldd;
+        if (has_bias)
+          for (int64_t j = 0; j < p.n; ++j) row[j] += bias[j];
+        if (has_gelu)
+          for (int64_t j = 0; j < p.n; ++j) row[j] = cpu::gelu_tanh_fast(row[j]);
+      }
+      continue;
+    }
     sgemm_dense(a, b, c.data(), p.m, p.n, p.k, p.b_transposed);
 
     for (int64_t i = 0; i < p.m; ++i) {
       for (int64_t j = 0; j < p.n; ++j) {
         float v = p.alpha * c[i * p.n + j];
         if (has_bias) v += bias[j];
-        if (has_gelu) v = gelu_tanh_f(v);
+        if (has_gelu) v = cpu::gelu_tanh_fast(v);
         const size_t di = static_cast<size_t>(i * p.ldd + j);
         if (p.accumulate) v += load_as_float(d_base, p.out_dtype, di);
         store_from_float(d_base, p.out_dtype, di, v);

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "kernels/core/error.h"
+#include "kernels/cpu_math.h"
 #include "kernels/gemm.h"
 #include "kernels/sta.h"
 
@@ -124,11 +125,11 @@ float softmax_row(float* s, int64_t n) {
     int64_t i = j0;
     for (; i + kLanes <= j1; i += kLanes)
       for (int l = 0; l < kLanes; ++l) {
-        s[i + l] = std::exp(s[i + l] - mx);
+        s[i + l] = cpu::exp_fast(s[i + l] - mx);
         part[l] += s[i + l];
       }
     for (; i < j1; ++i) {
-      s[i] = std::exp(s[i] - mx);
+      s[i] = cpu::exp_fast(s[i] - mx);
       part[0] += s[i];
     }
     for (int l = 0; l < kLanes; ++l) sum += part[l];
@@ -167,16 +168,23 @@ class StaCpuAttention {
     const StaWindow window = p_.windows[h];
     bool have_range = false;
     StaTileRange last{};
+    // Consecutive query tiles whose windows clamp to the same key range (near the borders, and
+    // every tile of an axis the window covers) run as one block of rows: fewer, larger GEMMs.
+    int64_t run_start = 0, run_rows_count = 0;
     for (int32_t tile = 0; tile < g_.num_tiles; ++tile) {
       const int64_t q0 = static_cast<int64_t>(tile) * g_.tile_tokens;
       const StaTileRange range = sta_query_range(g_, window, q0);
       if (!have_range || !same_range(range, last)) {
+        if (run_rows_count > 0) run_rows(run_start, run_rows_count);
         gather_keys(range);
         last = range;
         have_range = true;
+        run_start = q0;
+        run_rows_count = 0;
       }
-      run_rows(q0, g_.tile_tokens);
+      run_rows_count += g_.tile_tokens;
     }
+    if (run_rows_count > 0) run_rows(run_start, run_rows_count);
     if (g_.text_slots > 0) {
       gather_keys(sta_query_range(g_, window, g_.img_slots));
       for (int64_t t0 = 0; t0 < g_.text_slots; t0 += kTextChunk)
