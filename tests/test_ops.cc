@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "kernels/core/error.h"
+#include "kernels/cpu_math.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
@@ -137,6 +138,32 @@ std::vector<GemmCase> gemm_cases() {
   cases.push_back({11, 5, 13, 1, true, GemmEpilogue::Bias, true});
   cases.push_back({32, 64, 16, 2, true, GemmEpilogue::None, true});
   return cases;
+}
+
+// The branch-free CPU math that the CPU kernels use instead of libm (kernels/cpu_math.h).
+TEST(CpuMath, ExpGeluSiluAgainstLibm) {
+  double exp_err = 0, gelu_err = 0, silu_err = 0;
+  for (double x = -87.0; x <= 88.0; x += 0.00731) {
+    const float xf = static_cast<float>(x);
+    const double ref = std::exp(static_cast<double>(xf));
+    exp_err = std::max(exp_err, std::fabs(cpu::exp_fast(xf) - ref) / ref);
+  }
+  for (double x = -30.0; x <= 30.0; x += 0.00113) {
+    const float xf = static_cast<float>(x);
+    const double u = 0.7978845608028654 * (xf + 0.044715 * xf * xf * xf);
+    const double gelu = 0.5 * xf * (1.0 + std::tanh(u)), silu = xf / (1.0 + std::exp(-double(xf)));
+    gelu_err = std::max(gelu_err, std::fabs(cpu::gelu_tanh_fast(xf) - gelu) / (std::fabs(gelu) + 1e-6));
+    silu_err = std::max(silu_err, std::fabs(cpu::silu_fast(xf) - silu) / (std::fabs(silu) + 1e-6));
+  }
+  EXPECT_LT(exp_err, 2e-7);
+  EXPECT_LT(gelu_err, 3e-6);
+  EXPECT_LT(silu_err, 3e-6);
+  // Clamped outside the range: finite and normal; GELU's tails are 0 and x.
+  EXPECT_GT(cpu::exp_fast(-1000.f), 0.f);
+  EXPECT_TRUE(std::isfinite(cpu::exp_fast(1000.f)));
+  EXPECT_GE(cpu::exp_fast(-1000.f), std::numeric_limits<float>::min());
+  EXPECT_LT(std::fabs(cpu::gelu_tanh_fast(-100.f)), 1e-30f);
+  EXPECT_FLOAT_EQ(cpu::gelu_tanh_fast(100.f), 100.f);
 }
 
 TEST(Gemm, CpuMatchesDoubleReference) {
