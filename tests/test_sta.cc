@@ -931,6 +931,14 @@ struct HopperCase {
   add({{5, 13, 16}, {3, 8, 8}, 40, 33, {{1, 1, 1}, {3, 3, 3}}, 128, 1});
   // 192-token tiles, fp16, d = 64, batch 2.
   add({{7, 9, 16}, {3, 8, 8}, 0, 0, {{3, 1, 1}, {1, 3, 3}}, 64, 2}, DType::F16);
+  // The unmasked instance (launch_needs_masks false: canvas divisible by the tile, text_valid a
+  // multiple of BN) with text, which every default variant but "masked" runs for such launches and
+  // which no case above reaches with text or with 64-row CTAs: text query blocks (the second runs
+  // past the sequence), text slots past text_valid never visited.
+  // 64-row CTAs (192-token tiles, grid 1x2x2, BN = 64): 64 of 100 text slots valid.
+  add({{3, 16, 16}, {3, 8, 8}, 100, 64, {{3, 3, 3}, {1, 1, 1}}, 128, 1});
+  // 128-row CTAs, fp16, d = 64, batch 2: 128 of 256 text slots valid.
+  add({{2, 16, 16}, {2, 8, 8}, 256, 128, {{1, 1, 1}, {3, 3, 3}}, 64, 2, Layout::Bshd, Layout::Bshd}, DType::F16);
   return cs;
 }
 
@@ -1063,7 +1071,7 @@ TEST(StaAttentionHopper, MatchesFp64ReferenceFa3Rule) {
       ++checked;
     }
   }
-  EXPECT_EQ(checked, 18 * static_cast<int>(variants.size()));
+  EXPECT_EQ(checked, 20 * static_cast<int>(variants.size()));
 #endif
 }
 
