@@ -8,7 +8,8 @@
 # checks every listed variant in one test run (each case's fp64 reference computed once, every
 # variant compared with it) and times the cases of HOPPER_BENCH (default below) for each variant in
 # turn, case by case, with no portable run; JSON lines carry "variant" and go to $OUT/hopper_bench.jsonl
-# too when $OUT is set.
+# too when $OUT is set. When the test fails, compute-sanitizer reruns it on one failing variant and
+# the bench leaves the failing variants out (a trap would end the bench process for all of them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build="${STAVID_GPU_BUILD_DIR:-build-gpu}"
@@ -31,14 +32,31 @@ run)
   echo "== tests${variants:+ (variants: $variants)}"
   # Unset, the test checks every variant; set, the ones listed.
   [ -n "$variants" ] && export STAVID_STA_HOPPER_VARIANTS="$variants"
-  timeout 300 "$build/tests/test_sta" --gtest_filter="${HOPPER_FILTER:-StaAttentionHopper.*:StaSelector.*}" 2>&1 | tail -60
+  timeout 300 "$build/tests/test_sta" --gtest_filter="${HOPPER_FILTER:-StaAttentionHopper.*:StaSelector.*}" 2>&1 |
+    tee /tmp/hopper_test.log | tail -60
   rc=${PIPESTATUS[0]}
+  # Variants the test's summary reports failing ("  NAME: N failed"); persist:N failing fails persist.
+  bad=$(sed -n 's/^  \([a-z0-9:]*\): [1-9][0-9]* failed.*/\1/p' /tmp/hopper_test.log | sort -u | tr '\n' ' ')
   if [ "$rc" -ne 0 ]; then
-    echo "== tests failed (rc $rc): compute-sanitizer on the first Hopper case"
-    timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "$build/tests/test_sta" \
-      --gtest_filter='StaAttentionHopper.*' 2>&1 | head -80
+    first=${bad%% *}
+    echo "== tests failed (rc $rc; failing variants: ${bad:-unknown}): compute-sanitizer on ${first:-the listed variants}"
+    (
+      [ -n "$first" ] && export STAVID_STA_HOPPER_VARIANTS="$first"
+      timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "$build/tests/test_sta" \
+        --gtest_filter='StaAttentionHopper.*' 2>&1 | head -80
+    )
   fi
-  if [ -n "$variants" ]; then
+  if [ -n "$variants" ] && [ -n "$bad" ]; then
+    # One bench process times every variant: one that traps would take the ones after it down too.
+    keep=""
+    for v in $variants; do
+      case " $bad " in *" $v "* | *" $v:"*) ;; *) keep="$keep $v" ;; esac
+    done
+    echo "== bench skips the failing variants: $bad"
+    variants=$(echo $keep)
+  fi
+  if [ -n "$variants" ] || [ -n "${HOPPER_VARIANTS:-}" ]; then
+    [ -n "$variants" ] || { echo "== no variant passed: no bench"; exit "$rc"; }
     cases="${HOPPER_BENCH-paper_333 paper_333_text paper_full paper_555 720p_688_333 720p_388_333 mixed}"
     echo "== bench (hopper, variants $variants, case by case)"
     STAVID_STA_HOPPER=1 timeout 300 "$build/bench/bench_sta" --only "$(echo $cases | tr ' ' ,)" \
