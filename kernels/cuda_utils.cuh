@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "kernels/core/cuda_check.h"
@@ -131,6 +132,20 @@ template <>
 __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
   __half2 v = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Runs `configure` (a kernel instance's cudaFuncSetAttribute calls) the first time the instance
+// launches on `device`, with `device` current. Function attributes belong to each device's context,
+// so a process that drives several GPUs (sequence-parallel groups) must set them on every one; a
+// per-process "configured" flag left the second GPU's launches without their shared memory size.
+// Two threads racing on one device may both configure (the calls are idempotent); devices past 63
+// configure on every launch.
+template <typename F>
+void once_per_device(std::atomic<uint64_t>& done, int device, const F& configure) {
+  const uint64_t bit = device >= 0 && device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit) != 0) return;
+  configure();
+  if (bit != 0) done.fetch_or(bit, std::memory_order_release);
 }
 
 }  // namespace stavid::cuda

@@ -407,11 +407,10 @@ void launch(const StaAttentionParams& p, cudaStream_t stream) {
   constexpr int kBM = kWarps * kMTiles * 16;
   constexpr int kSmem = (kBM + 4 * kBN) * kD * 2;
   auto kernel = sta_fwd_kernel<T, kD, kWarps, kMTiles, kBN>;
-  static bool configured = [&] {
+  static std::atomic<uint64_t> configured{0};
+  cuda::once_per_device(configured, p.device.index, [&] {
     STAVID_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-    return true;
-  }();
-  (void)configured;
+  });
   StaArgs<T, kD> a;
   a.q = static_cast<const T*>(p.q);
   a.k = static_cast<const T*>(p.k);

@@ -700,14 +700,13 @@ template <typename Cfg, bool kMasked>
 void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
   using T = typename Cfg::Type;
   auto kernel = sta_hopper_kernel<Cfg, kMasked>;
-  static bool configured = [&] {
+  static std::atomic<uint64_t> configured{0};
+  cuda::once_per_device(configured, p.device.index, [&] {
     STAVID_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
     // All of the unified L1 as shared memory, so kCtasPerSm CTAs fit on an SM.
     STAVID_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-    return true;
-  }();
-  (void)configured;
+  });
   const int64_t seq = p.geom.seq_len();
   const CUtensorMap tq = make_map(p.q, p.q_stride, seq, p.heads, p.batch, Cfg::kD, Cfg::kBM, p.dtype);
   const CUtensorMap tk = make_map(p.k, p.k_stride, seq, p.heads, p.batch, Cfg::kD, Cfg::kBN, p.dtype);
