@@ -1,7 +1,8 @@
 // VAE decode benchmark: the released decoder config with seeded random weights, decoding a latent
 // (default 33 x 90 x 160 -> 129 frames of 720 x 1280) under memory budgets. One JSON line per budget:
 //   {"bench":"vae_decode","latent":[33,90,160],"budget_gib":24,"plan":{...},"ms":..,"peak_gib":..}
-// Usage: bench_vae [--latent T H W] [--budgets-gib 24,12] [--small] [--plan-only]
+// Usage: bench_vae [--latent T H W] [--budgets-gib 24,12] [--small | --demo] [--plan-only]
+// --demo: the demo model's decoder (channels 8-64) at its native latent 9 x 32 x 32, CPU or GPU.
 // --plan-only prints the plans and estimates of the released config for a CUDA bf16 decode without
 // decoding (runs anywhere: the planner needs only the shapes).
 #include <chrono>
@@ -21,15 +22,16 @@ using namespace stavid;
 int main(int argc, char** argv) {
   int32_t latent[3] = {33, 90, 160};
   std::string budgets = "24,12";
-  bool small = false, plan_only = false;
+  bool small = false, plan_only = false, demo = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--latent" && i + 3 < argc) for (int d = 0; d < 3; ++d) latent[d] = std::atoi(argv[++i]);
     else if (a == "--budgets-gib" && i + 1 < argc) budgets = argv[++i];
     else if (a == "--small") small = true;
     else if (a == "--plan-only") plan_only = true;
+    else if (a == "--demo") demo = true;
     else {
-      std::fprintf(stderr, "usage: bench_vae [--latent T H W] [--budgets-gib 24,12] [--small] [--plan-only]\n");
+      std::fprintf(stderr, "usage: bench_vae [--latent T H W] [--budgets-gib 24,12] [--small | --demo] [--plan-only]\n");
       return 2;
     }
   }
@@ -53,7 +55,16 @@ int main(int argc, char** argv) {
     const Device dev = gpu ? Device::cuda(0) : Device::cpu();
     const DType dt = gpu ? DType::BF16 : DType::F32;
     vae::VaeConfig c;  // released config
-    if (small || !gpu) {
+    if (demo) {
+      // The embedded demo model's decoder at its native size (latent 9 x 32 x 32 -> 33 x 256 x 256);
+      // the config timed on the CPU as well.
+      c.block_out_channels = {8, 16, 32, 64};
+      c.layers_per_block = 1;
+      c.norm_num_groups = 4;
+      latent[0] = 9;
+      latent[1] = latent[2] = 32;
+      if (!gpu) budgets = "1";
+    } else if (small || !gpu) {
       c.block_out_channels = {8, 16, 32, 32};
       c.norm_num_groups = 4;
       if (!gpu) {
