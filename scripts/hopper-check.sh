@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Hopper STA kernel (issue 9) on the GPU machine: `build` configures build-gpu (tests + benches, no
-# server) and builds test_sta + bench_sta; `run` counts HGMMA in the SASS, runs the Hopper and
-# selector tests, and, when they pass, times the Hopper kernel against the portable one on the
-# paper shape (JSON lines from bench_sta). Meant to share a device call with other work:
+# server) and builds test_sta + bench_sta; `test` counts HGMMA in the SASS and runs the Hopper and
+# selector tests; `bench` times the Hopper kernel (JSON lines from bench_sta); `run` = test + bench.
+# `test` may share the GPU with other work (training), `bench` must not. Meant to share a call:
 #   scripts/hopper-check.sh build > /tmp/hb.log 2>&1 &  ...other GPU work...; wait; scripts/hopper-check.sh run
 # Variants (STAVID_STA_HOPPER_VARIANT, kernels/sta.h): HOPPER_VARIANTS="masked lean skip persist deep"
 # checks every listed variant in one test run (each case's fp64 reference computed once, every
@@ -21,30 +21,39 @@ build)
   fi
   nice cmake --build "$build" -j"$(nproc)" --target test_sta bench_sta
   ;;
-run)
-  echo "== build log (errors, spills)"; grep -E "error|spill|registers" /tmp/hb.log | head -30
-  obj=$(find "$build" -name 'sta_hopper.cu.o' | head -1)
-  echo "== SASS of $obj"
-  cuobjdump -sass "$obj" > /tmp/hopper.sass 2>&1
-  echo "HGMMA $(grep -c HGMMA /tmp/hopper.sass)  LDL $(grep -c 'LDL' /tmp/hopper.sass)  STL $(grep -c 'STL' /tmp/hopper.sass)"
-  export STAVID_EXPECT_GPU=1
+test | bench | run)
+  mode=$1
   variants="${HOPPER_VARIANTS:-}"
-  echo "== tests${variants:+ (variants: $variants)}"
-  # Unset, the test checks every variant; set, the ones listed.
-  [ -n "$variants" ] && export STAVID_STA_HOPPER_VARIANTS="$variants"
-  timeout 300 "$build/tests/test_sta" --gtest_filter="${HOPPER_FILTER:-StaAttentionHopper.*:StaSelector.*}" 2>&1 |
-    tee /tmp/hopper_test.log | tail -60
-  rc=${PIPESTATUS[0]}
-  # Variants the test's summary reports failing ("  NAME: N failed"); persist:N failing fails persist.
-  bad=$(sed -n 's/^  \([a-z0-9:]*\): [1-9][0-9]* failed.*/\1/p' /tmp/hopper_test.log | sort -u | tr '\n' ' ')
-  if [ "$rc" -ne 0 ]; then
-    first=${bad%% *}
-    echo "== tests failed (rc $rc; failing variants: ${bad:-unknown}): compute-sanitizer on ${first:-the listed variants}"
-    (
-      [ -n "$first" ] && export STAVID_STA_HOPPER_VARIANTS="$first"
-      timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "$build/tests/test_sta" \
-        --gtest_filter='StaAttentionHopper.*' 2>&1 | head -80
-    )
+  if [ "$mode" != bench ]; then
+    echo "== build log (errors, spills)"; grep -E "error|spill|registers" /tmp/hb.log | head -30
+    obj=$(find "$build" -name 'sta_hopper.cu.o' | head -1)
+    echo "== SASS of $obj"
+    cuobjdump -sass "$obj" > /tmp/hopper.sass 2>&1
+    echo "HGMMA $(grep -c HGMMA /tmp/hopper.sass)  LDL $(grep -c 'LDL' /tmp/hopper.sass)  STL $(grep -c 'STL' /tmp/hopper.sass)"
+    export STAVID_EXPECT_GPU=1
+    echo "== tests${variants:+ (variants: $variants)}"
+    # Unset, the test checks every variant; set, the ones listed.
+    [ -n "$variants" ] && export STAVID_STA_HOPPER_VARIANTS="$variants"
+    timeout 300 "$build/tests/test_sta" --gtest_filter="${HOPPER_FILTER:-StaAttentionHopper.*:StaSelector.*}" 2>&1 |
+      tee /tmp/hopper_test.log | tail -60
+    rc=${PIPESTATUS[0]}
+    # Variants the test's summary reports failing ("  NAME: N failed"); persist:N failing fails persist.
+    sed -n 's/^  \([a-z0-9:]*\): [1-9][0-9]* failed.*/\1/p' /tmp/hopper_test.log | sort -u | tr '\n' ' ' > /tmp/hopper_bad.txt
+    bad=$(cat /tmp/hopper_bad.txt)
+    if [ "$rc" -ne 0 ]; then
+      first=${bad%% *}
+      echo "== tests failed (rc $rc; failing variants: ${bad:-unknown}): compute-sanitizer on ${first:-the listed variants}"
+      (
+        [ -n "$first" ] && export STAVID_STA_HOPPER_VARIANTS="$first"
+        timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "$build/tests/test_sta" \
+          --gtest_filter='StaAttentionHopper.*' 2>&1 | head -80
+      )
+    fi
+    [ "$mode" = test ] && exit "$rc"
+  else
+    # bench alone: the failing variants of an earlier `test` in this machine's /tmp, if any.
+    rc=0
+    bad=$(cat /tmp/hopper_bad.txt 2> /dev/null || true)
   fi
   if [ -n "$variants" ] && [ -n "$bad" ]; then
     # One bench process times every variant: one that traps would take the ones after it down too.
