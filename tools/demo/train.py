@@ -113,6 +113,16 @@ def _lr(step, base, warmup, total=None, floor=0.1, budget=None):
     return base
 
 
+def _optimizer_step(opt, params, loss, lr):
+    """One AdamW step at learning rate lr, gradients clipped to norm 1 (every stage's update)."""
+    for gp in opt.param_groups:
+        gp["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Stage: tokenizers + text encoders
 # ---------------------------------------------------------------------------------------------------------
@@ -167,12 +177,7 @@ def stage_text(args, spec, device, log):
             y = _caption_targets(specs).to(device)
             cls = sum(F.cross_entropy(hd(pooled).float(), y[:, i]) for i, hd in enumerate(heads)) / len(heads)
             loss = lm + cls
-        for gp in opt.param_groups:
-            gp["lr"] = _lr(step, args.lr or 2e-3, 50, total, budget=budget)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _optimizer_step(opt, params, loss, _lr(step, args.lr or 2e-3, 50, total, budget=budget))
         step += 1
         if step % args.log_every == 0 or step == total:
             log(stage="text", step=step, lm=float(lm), cls=float(cls), t=round(budget.elapsed(), 1))
@@ -233,12 +238,7 @@ def stage_vae(args, spec, device, log):
         le = sum((a - b).abs().mean() for a, b in zip(ey, ex))
         kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
         loss = l1 + l2 + le + args.kl_weight * kl
-        for gp in opt.param_groups:
-            gp["lr"] = _lr(step, args.lr or 1e-3, 100, total, budget=budget)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _optimizer_step(opt, params, loss, _lr(step, args.lr or 1e-3, 100, total, budget=budget))
         step += 1
         if step % args.log_every == 0 or step == total:
             psnr = float(10 * torch.log10(4.0 / l2.clamp_min(1e-10)))
@@ -362,12 +362,7 @@ def stage_dit(args, spec, device, log, sta: bool = False):
                 loss = data + 0.5 * out_d + 0.5 * attn_d
                 extra = {"out_distill": float(out_d), "attn_distill": float(attn_d)}
                 student_attn.records = {}
-        for gp in opt.param_groups:
-            gp["lr"] = _lr(step, base_lr, 20 if sta else 200, total, budget=budget)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _optimizer_step(opt, params, loss, _lr(step, base_lr, 20 if sta else 200, total, budget=budget))
         step += 1
         if step % args.log_every == 0 or step == total:
             log(stage=name, step=step, loss=float(loss), data=float(data), size=list(size), batch=B,
