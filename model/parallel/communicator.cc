@@ -40,6 +40,15 @@ void Communicator::fail(const std::string& message) {
   STAVID_THROW(ErrorCode::InvalidArgument, "communicator: ", message);
 }
 
+void Communicator::check_all_to_all_v_args(const std::vector<size_t>& send_counts,
+                                           const std::vector<size_t>& send_displs,
+                                           const std::vector<size_t>& recv_counts,
+                                           const std::vector<size_t>& recv_displs) {
+  const size_t k = static_cast<size_t>(size());
+  if (send_counts.size() != k || send_displs.size() != k || recv_counts.size() != k || recv_displs.size() != k)
+    fail("all_to_all_v: counts and displacements need one entry per rank (" + std::to_string(k) + ")");
+}
+
 Tensor Communicator::all_to_all(const Tensor& x, int split_axis, const std::vector<int64_t>& split_sizes,
                                 int concat_axis, const std::vector<int64_t>& concat_sizes) {
   const int sa = norm_axis(split_axis, x.dim());
@@ -275,10 +284,8 @@ class InProcessCommunicator final : public Communicator {
   void all_to_all_v(const void* send, const std::vector<size_t>& send_counts, const std::vector<size_t>& send_displs,
                     void* recv, const std::vector<size_t>& recv_counts, const std::vector<size_t>& recv_displs,
                     Device mem) override {
+    check_all_to_all_v_args(send_counts, send_displs, recv_counts, recv_displs);
     const int k = size();
-    if (static_cast<int>(send_counts.size()) != k || static_cast<int>(send_displs.size()) != k ||
-        static_cast<int>(recv_counts.size()) != k || static_cast<int>(recv_displs.size()) != k)
-      fail("all_to_all_v: counts and displacements need one entry per rank (" + std::to_string(k) + ")");
     // Stage a device send buffer in host memory.
     size_t span = 0;
     for (int j = 0; j < k; ++j) span = std::max(span, send_displs[j] + send_counts[j]);

@@ -80,6 +80,9 @@ class Communicator {
  protected:
   // A local precondition failed: aborts the group (so peers do not hang) and throws InvalidArgument.
   [[noreturn]] void fail(const std::string& message);
+  // all_to_all_v's precondition for every backend: one count and one displacement per rank.
+  void check_all_to_all_v_args(const std::vector<size_t>& send_counts, const std::vector<size_t>& send_displs,
+                               const std::vector<size_t>& recv_counts, const std::vector<size_t>& recv_displs);
 };
 
 // k in-process ranks (k >= 1); rank r's device is devices[r] (all CPU when empty). The returned

@@ -57,10 +57,8 @@ class NcclCommunicator final : public Communicator {
   void all_to_all_v(const void* send, const std::vector<size_t>& send_counts, const std::vector<size_t>& send_displs,
                     void* recv, const std::vector<size_t>& recv_counts, const std::vector<size_t>& recv_displs,
                     Device mem) override {
+    check_all_to_all_v_args(send_counts, send_displs, recv_counts, recv_displs);
     const int k = size();
-    if (static_cast<int>(send_counts.size()) != k || static_cast<int>(send_displs.size()) != k ||
-        static_cast<int>(recv_counts.size()) != k || static_cast<int>(recv_displs.size()) != k)
-      fail("all_to_all_v: counts and displacements need one entry per rank (" + std::to_string(k) + ")");
     throw_if_aborted();
     rt::set_device(device_);
     const Stream stream = rt::current_stream(device_);
