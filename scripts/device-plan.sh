@@ -8,7 +8,7 @@
 #          minutes); then vae_check.py on the trained VAE.            carry [".deps", ".peer"]
 #   call2  the Hopper bench per variant and the peers (cuDNN, FlexAttention) alone on the GPU, with
 #          each variant's ratios; then the DiT training.                carry as below if cold
-#   call3  STA fine-tuning and eval.py.
+#   call3  STA fine-tuning and eval.py; the demo model's C++ DiT step and VAE decode on the GPU.
 #
 # Issue the calls back to back (a machine idle for 30 s goes back; a warm one keeps build-gpu/ and the
 # run folder, so call2 and call3 then need no carry). On a fresh machine call2 / call3 need the run
@@ -60,9 +60,19 @@ call2)
   grep -E '"dit"' "$OUT/log.txt" | tail -2
   ;;
 call3)
+  # The demo model's C++ stage times on this GPU (issue 8's <= 3 s per generation): built beside the
+  # training, timed after it (20 steps x the DiT step + the decode; the text encoders take milliseconds).
+  (cmake --build "$build" -j"$(nproc)" --target bench_dit bench_vae > /tmp/bb.log 2>&1) &
+  benches=$!
   PACK="sta" tools/demo/device_run.sh "sta:${STA_MIN:-2.5}:--reuse,2,--no-optimizer-state eval" > /dev/null 2>&1
   echo "training rc $?"
   grep -E '"sta"|"dense"|"sta_free"|"sta_tuned"' "$OUT/log.txt" | tail -4 | cut -c1-400
+  if wait "$benches"; then
+    { timeout 60 "$build/bench/bench_dit" --config demo --modes dense,sta_3_3_2 --reps 5
+      timeout 60 "$build/bench/bench_vae" --demo --budgets-gib 4; } | tee "$OUT/demo_cpp_gpu.jsonl" | cut -c1-200
+  else
+    tail -20 /tmp/bb.log
+  fi
   ;;
 *)
   echo "usage: scripts/device-plan.sh call1|call2|call3" >&2
