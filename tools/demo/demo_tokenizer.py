@@ -161,18 +161,19 @@ def build_clip_json(corpus: Sequence[str], n_merges: int = 400) -> dict:
             sym[-1] += SUFFIX
             words[tuple(sym)] += 1
     merges = _train_merges(words, n_merges)
-    vocab = {}
+    return _clip_json(merges)
+
+
+def _clip_json(merges: List[Tuple[str, str]]) -> dict:
+    """CLIP's tokenizer.json layout: the bytes, the bytes with the end-of-word suffix, the merges in order,
+    then the start / end tokens."""
+    vocab: Dict[str, int] = {}
     for b in _CLIP_ORDER:
         vocab[_B2U[b]] = len(vocab)
     for b in _CLIP_ORDER:
         vocab[_B2U[b] + SUFFIX] = len(vocab)
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
-    return _clip_json(vocab, merges)
-
-
-def _clip_json(vocab: Dict[str, int], merges: List[Tuple[str, str]]) -> dict:
-    vocab = dict(vocab)
     sot = len(vocab)
     vocab[CLIP_BOS] = sot
     vocab[CLIP_EOS] = sot + 1
@@ -371,14 +372,7 @@ def _train_hf(corpus, n_llm, n_clip):
                                                       end_of_word_suffix=SUFFIX, min_frequency=2,
                                                       show_progress=False, special_tokens=[]))
     merges_clip = _hf_merges(c)
-    vocab = {}
-    for b in _CLIP_ORDER:
-        vocab[_B2U[b]] = len(vocab)
-    for b in _CLIP_ORDER:
-        vocab[_B2U[b] + SUFFIX] = len(vocab)
-    for a, b in merges_clip:
-        vocab.setdefault(a + b, len(vocab))
-    return llm, _clip_json(vocab, merges_clip)
+    return llm, _clip_json(merges_clip)
 
 
 def _hf_merges(tok) -> List[Tuple[str, str]]:
