@@ -272,6 +272,14 @@ void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t byt
   if (dst_dev.is_cuda()) rt::synchronize(rt::current_stream(d));  // the host source goes away
 }
 
+// `bytes` at `data` readable from the host: `data` itself on the CPU, else a copy in `staged`.
+const uint8_t* host_view(const void* data, Device mem, size_t bytes, std::vector<uint8_t>& staged) {
+  if (!mem.is_cuda()) return static_cast<const uint8_t*>(data);
+  staged.resize(bytes);
+  copy(staged.data(), Device::cpu(), data, mem, bytes);
+  return staged.data();
+}
+
 class InProcessCommunicator final : public Communicator {
  public:
   InProcessCommunicator(std::shared_ptr<InProcessGroup> group, int rank, Device device)
@@ -289,13 +297,8 @@ class InProcessCommunicator final : public Communicator {
     // Stage a device send buffer in host memory.
     size_t span = 0;
     for (int j = 0; j < k; ++j) span = std::max(span, send_displs[j] + send_counts[j]);
-    const uint8_t* host_send = static_cast<const uint8_t*>(send);
     std::vector<uint8_t> staged;
-    if (mem.is_cuda()) {
-      staged.resize(span);
-      copy(staged.data(), Device::cpu(), send, mem, span);
-      host_send = staged.data();
-    }
+    const uint8_t* host_send = host_view(send, mem, span, staged);
     Slot& mine = group_->slot(rank_);
     mine.op = Op::AllToAll;
     mine.send = host_send;
@@ -325,12 +328,7 @@ class InProcessCommunicator final : public Communicator {
   void broadcast_bytes(void* data, size_t bytes, int root, Device mem) override {
     if (root < 0 || root >= size()) fail("broadcast: root " + std::to_string(root) + " is not a rank");
     std::vector<uint8_t> staged;
-    const uint8_t* src = static_cast<const uint8_t*>(data);
-    if (rank_ == root && mem.is_cuda()) {
-      staged.resize(bytes);
-      copy(staged.data(), Device::cpu(), data, mem, bytes);
-      src = staged.data();
-    }
+    const uint8_t* src = rank_ == root ? host_view(data, mem, bytes, staged) : static_cast<const uint8_t*>(data);
     Slot& mine = group_->slot(rank_);
     mine.op = Op::Broadcast;
     mine.send = src;
