@@ -247,7 +247,7 @@ class InProcessGroup {
 
  private:
   void throw_if_aborted_locked() const {
-    if (aborted_) STAVID_THROW(ErrorCode::Internal, "communicator: the group was aborted (", reason_, ")");
+    if (aborted_) throw GroupAborted(reason_, __FILE__, __LINE__);
   }
 
   const int size_;
@@ -395,6 +395,7 @@ void run_on_ranks(const std::vector<std::unique_ptr<Communicator>>& comms, const
   STAVID_CHECK(!comms.empty(), "run_on_ranks: no ranks");
   std::mutex mu;
   std::exception_ptr first;
+  bool first_is_consequence = false;
   auto body = [&](int r) {
     try {
       rt::set_device(comms[r]->device());
@@ -408,8 +409,20 @@ void run_on_ranks(const std::vector<std::unique_ptr<Communicator>>& comms, const
       } catch (...) {
       }
       {
+        // A rank that fails aborts the group before its exception gets here, so a peer's
+        // GroupAborted can arrive first: any other exception (the cause) replaces it.
         std::lock_guard<std::mutex> lock(mu);
-        if (!first) first = std::current_exception();
+        bool consequence = false;
+        try {
+          throw;
+        } catch (const GroupAborted&) {
+          consequence = true;
+        } catch (...) {
+        }
+        if (!first || (first_is_consequence && !consequence)) {
+          first = std::current_exception();
+          first_is_consequence = consequence;
+        }
       }
       comms[r]->abort("rank " + std::to_string(r) + " failed: " + what);
     }

@@ -15,7 +15,7 @@
 //   not check argument agreement (a mismatch is undefined behaviour, as in NCCL itself).
 //
 // Failure: a rank that fails outside a collective calls abort(); every rank waiting in or entering a
-// collective of that group then throws Internal instead of hanging. An aborted group stays
+// collective of that group then throws GroupAborted (code Internal) instead of hanging. An aborted group stays
 // aborted: make a new one. run_on_ranks() does this bookkeeping for a thread per rank.
 #pragma once
 
@@ -27,9 +27,18 @@
 #include <vector>
 
 #include "kernels/core/device.h"
+#include "kernels/core/error.h"
 #include "model/runtime/tensor.h"
 
 namespace stavid::parallel {
+
+// What a rank throws when a peer aborted the group (code Internal): a consequence of another rank's
+// failure, so run_on_ranks() reports a root cause in preference to it.
+class GroupAborted : public Error {
+ public:
+  GroupAborted(const std::string& reason, const char* file, int line)
+      : Error(ErrorCode::Internal, "communicator: the group was aborted (" + reason + ")", file, line) {}
+};
 
 class Communicator {
  public:
@@ -96,8 +105,8 @@ bool nccl_available();
 std::vector<std::unique_ptr<Communicator>> make_nccl_group(const std::vector<int>& cuda_devices);
 
 // Runs fn(rank) on one new thread per rank (rank 0 too) and joins them. When a rank throws, the
-// group is aborted (comms[0]->abort) so the others stop, and the first exception thrown (the cause,
-// not the peers' "aborted" errors) is rethrown here. Each thread makes its rank's device current.
+// group is aborted (comms[0]->abort) so the others stop, and the first exception that is not a
+// GroupAborted (the cause, not the peers' consequences) is rethrown here. Each thread makes its rank's device current.
 void run_on_ranks(const std::vector<std::unique_ptr<Communicator>>& comms, const std::function<void(int rank)>& fn);
 
 // Balanced contiguous split of n items over k ranks: the first n % k ranks get one more.

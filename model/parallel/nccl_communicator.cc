@@ -138,7 +138,7 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm() const { return group_->comms[static_cast<size_t>(rank_)]; }
   void throw_if_aborted() {
     std::lock_guard<std::mutex> lock(group_->mu);
-    if (group_->aborted) STAVID_THROW(ErrorCode::Internal, "communicator: the group was aborted (", group_->reason, ")");
+    if (group_->aborted) throw GroupAborted(group_->reason, __FILE__, __LINE__);
   }
 
   std::shared_ptr<NcclGroup> group_;
