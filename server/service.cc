@@ -177,7 +177,6 @@ class EventStream final : public grpc::ServerWriteReactor<v1::JobEvent> {
   void OnDone() override {
     service_.unregister_stream(this);
     subscription_.reset();  // waits for a callback in progress
-    service_.count_request(rpc_, finish_code_);
     delete this;
   }
 
@@ -318,7 +317,9 @@ class EventStream final : public grpc::ServerWriteReactor<v1::JobEvent> {
 
   void finish_locked(const grpc::Status& status) {
     finish_called_ = true;
-    finish_code_ = status.error_code();
+    // Counted before the status leaves, as finish_unary does: a client that has its status sees the
+    // request in /metrics.
+    service_.count_request(rpc_, status.error_code());
     Finish(status);
   }
 
@@ -339,7 +340,6 @@ class EventStream final : public grpc::ServerWriteReactor<v1::JobEvent> {
   bool broken_ = false;
   bool terminal_seen_ = false;
   bool finish_called_ = false;
-  grpc::StatusCode finish_code_ = grpc::StatusCode::OK;
   std::optional<grpc::Status> final_status_;
   std::chrono::steady_clock::time_point last_write_;
   double step_seconds_sum_ = 0.0;
