@@ -53,9 +53,13 @@ class Spec:
     clip: dict = field(default_factory=lambda: dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                                                     num_attention_heads=4, max_position_embeddings=77))
     skip_layers: int = 2
-    # VAE (the released decoder layout with small channels)
+    # VAE (the released decoder layout with small channels). One GroupNorm group: the decoder's last GroupNorm
+    # (8 channels) normalizes over the whole clip, so on a flat background each group's output keeps only
+    # (channels per group - 2) continuous values; with 4 groups of 2 channels that is none, and the colour of a
+    # flat area could take only 2^4 values (a fixed batch of 8 flat colours fits to 15.6 dB with 4 groups, 28 dB
+    # and rising with 1 group, in 150 steps). The released model has 4 channels per group at 128 channels.
     vae: dict = field(default_factory=lambda: dict(latent_channels=16, block_out_channels=[8, 16, 32, 64],
-                                                   layers_per_block=1, norm_num_groups=4))
+                                                   layers_per_block=1, norm_num_groups=1))
     # DiT: head_dim 64 (the CUDA STA kernel takes 64 or 128), dual + single blocks, 3-D RoPE
     dit: dict = field(default_factory=lambda: dict(in_channels=16, out_channels=16, num_attention_heads=2,
                                                    attention_head_dim=64, num_layers=4, num_single_layers=6,
@@ -73,7 +77,7 @@ class Spec:
                                num_key_value_heads=1, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=64),
                     clip=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                               max_position_embeddings=77),
-                    vae=dict(latent_channels=4, block_out_channels=[4, 4, 8, 8], layers_per_block=1, norm_num_groups=2),
+                    vae=dict(latent_channels=4, block_out_channels=[4, 4, 8, 8], layers_per_block=1, norm_num_groups=1),
                     dit=dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
                              num_single_layers=1, num_refiner_layers=1, rope_axes_dim=[2, 2, 4], guidance_embeds=True),
                     tile=[1, 1, 1], window=[3, 1, 1])
@@ -365,6 +369,25 @@ def encoder_downsample(cfg, i: int):
     return (2 if tm else 1, 2 if sp else 1, 2 if sp else 1)
 
 
+class TrainRun(hv.DecodeRun):
+    """The reference decode state with fused ops for training and whole-clip use (no chunk caches, no recorded
+    GroupNorm statistics): F.group_norm (one kernel, fp32 under autocast) in place of the reference's explicit
+    mean / variance passes, and one replicate pad (2 frames in front in time, 1 on each side in space) in place
+    of the reference's concatenation then spatial pad. Same maths: biased variance, the same eps, replicate
+    padding is separable; the output matches the reference to rounding (tools/demo/smoke_test.py checks it)."""
+
+    def gn(self, p, name, x, groups):
+        return torch.nn.functional.group_norm(x, groups, p[name + ".weight"], p[name + ".bias"], eps=hv.GN_EPS)
+
+    def conv(self, p, name, x):
+        w = p[name + ".weight"]
+        if w.shape[2] == 1:
+            return torch.nn.functional.conv3d(x, w, p[name + ".bias"])
+        assert w.shape[2] == 3 and self.first_chunk and not self.conv_cache, "TrainRun decodes whole clips only"
+        xp = torch.nn.functional.pad(x, (1, 1, 1, 1, 2, 0), mode="replicate")
+        return torch.nn.functional.conv3d(xp, w, p[name + ".bias"])
+
+
 class VAE(nn.Module):
     def __init__(self, cfg: hv.HunyuanVideoVAEConfig, seed: int = 0):
         super().__init__()
@@ -378,7 +401,7 @@ class VAE(nn.Module):
     def encode(self, video: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """video [B, 3, F, H, W] in [-1, 1] -> (mean, logvar) of the raw latent [B, L, T, H/8, W/8]."""
         p = self.enc.dict()
-        run = hv.DecodeRun(self.cfg, "self")
+        run = TrainRun(self.cfg, "self")
         g = self.cfg.norm_num_groups
         x = run.conv(p, "encoder.conv_in.conv", video)
         for i, c in enumerate(self.cfg.block_out_channels):
@@ -400,7 +423,7 @@ class VAE(nn.Module):
     def decode_raw(self, z_raw: torch.Tensor) -> torch.Tensor:
         """Raw latent -> video in about [-1, 1] through the reference decoder (scaling factor 1 here)."""
         cfg1 = hv.HunyuanVideoVAEConfig(**{**asdict(self.cfg), "scaling_factor": 1.0})
-        return hv._decoder_forward(hv.DecodeRun(cfg1, "self"), self.dec.dict(), z_raw)
+        return hv._decoder_forward(TrainRun(cfg1, "self"), self.dec.dict(), z_raw)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -68,6 +68,31 @@ def server_ready(server_bin, config, timeout=60.0) -> str:
         p.wait(timeout=30)
 
 
+def check_train_run():
+    """The training VAE's fused ops (common.TrainRun) against the reference decode state, on the demo's VAE
+    layout: the encoder and the decoder, forward, to float rounding."""
+    sys.path.insert(0, HERE)
+    import torch
+    import common as C
+    import hunyuan_vae as hv
+    vae = C.VAE(C.Spec().vae_config(), seed=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 9, 32, 32, generator=g) * 2 - 1
+    with torch.no_grad():
+        fast = (vae.encode(x)[0], vae.decode_raw(torch.randn(1, 16, 3, 4, 4, generator=g)))
+        C.TrainRun, saved = hv.DecodeRun, C.TrainRun  # the same calls through the reference state
+        try:
+            g.manual_seed(0)
+            x = torch.rand(1, 3, 9, 32, 32, generator=g) * 2 - 1
+            ref = (vae.encode(x)[0], vae.decode_raw(torch.randn(1, 16, 3, 4, 4, generator=g)))
+        finally:
+            C.TrainRun = saved
+    for a, b, what in zip(fast, ref, ("encode", "decode")):
+        err = float((a - b).abs().max() / b.abs().max())
+        assert err < 1e-5, f"TrainRun {what} differs from the reference by {err:.2e} (relative)"
+    print("demo_smoke: ok TrainRun matches the reference decode state")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--parity-bin", required=True)
@@ -79,6 +104,7 @@ def main():
     shutil.rmtree(args.work, ignore_errors=True)
     run, model = os.path.join(args.work, "run"), os.path.join(args.work, "model")
     t0 = time.time()
+    check_train_run()
     sh([py, os.path.join(HERE, "dataset.py"), "--self-check", "--frames", "9", "--height", "32", "--width", "32",
         "--n", "4"], env=env)
     tr = os.path.join(HERE, "train.py")

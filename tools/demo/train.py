@@ -212,10 +212,20 @@ def stage_vae(args, spec, device, log):
     B = args.batch or (2 if spec.toy else 8)
     # Clips alternate between few frames at the native size and the full clip length (the decoder is causal and
     # convolutional; its mid-block attention sees every position).
-    frame_counts = [int(f) for f in args.vae_frames.split(",")] if args.vae_frames else \
+    frame_counts = [int(f) for f in args.vae_frames.replace("/", ",").split(",")] if args.vae_frames else \
         [9 if not spec.toy else 5, spec.frames]
     sizes = [(f, spec.height, spec.width) for f in frame_counts]
     l1 = torch.tensor(float("nan"))  # reported as NaN when the budget allows no step
+    # A fixed held-out batch at the native frame size (9 frames), decoded from the encoder means every
+    # 10 log intervals: the learning curve without the training batches' noise (9 / 17 frames, crops).
+    val = D.make_batch(torch.Generator().manual_seed(11), 2 if spec.toy else 4, 9 if not spec.toy else 5,
+                       spec.height, spec.width, "heldout", device=device).video
+
+    def val_psnr():
+        with torch.no_grad(), C.autocast(device):
+            rec = vae.decode_raw(vae.encode(val)[0]).float()
+        return float(10 * torch.log10(4.0 / ((rec.clamp(-1, 1) - val) ** 2).mean().clamp_min(1e-10)))
+
     while step < total and not budget.over():
         F_, H, W = sizes[step % len(sizes)]
         x = D.make_batch(g, B, F_, H, W, "train", device=device).video
@@ -242,8 +252,9 @@ def stage_vae(args, spec, device, log):
         step += 1
         if step % args.log_every == 0 or step == total:
             psnr = float(10 * torch.log10(4.0 / l2.clamp_min(1e-10)))
+            extra = {"val_psnr": round(val_psnr(), 2)} if step % (10 * args.log_every) == 0 else {}
             log(stage="vae", step=step, l1=float(l1), psnr=psnr, edge=float(le), kl=float(kl),
-                t=round(budget.elapsed(), 1))
+                t=round(budget.elapsed(), 1), **extra)
     # Latent scaling factor: 1 / std of the encoder means over fresh training clips at the native size.
     with torch.no_grad(), C.autocast(device):
         zs = [vae.encode(D.make_batch(g, B, spec.frames, spec.height, spec.width, "train", device=device).video)[0].float()
@@ -252,7 +263,7 @@ def stage_vae(args, spec, device, log):
     sf = 1.0 / max(std, 1e-6)
     _save_stage(folder, "vae", OrderedDict(dec=vae.dec, enc=vae.enc), opt, step,
                 {"scaling_factor": sf, "latent_std": std, "l1": float(l1)}, save_opt=not args.no_optimizer_state)
-    log(stage="vae", event="saved", step=step, scaling_factor=sf)
+    log(stage="vae", event="saved", step=step, scaling_factor=sf, val_psnr=round(val_psnr(), 2))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -394,7 +405,7 @@ def main():
     ap.add_argument("--kl-weight", type=float, default=1e-4, help="VAE stage: weight of the mean KL term")
     ap.add_argument("--logvar-init", type=float, default=0.0,
                     help="VAE stage, fresh start: added to the encoder's log-variance bias (e.g. -6)")
-    ap.add_argument("--vae-frames", default="", help="VAE stage: clip lengths to cycle through (4k+1), e.g. 9,17")
+    ap.add_argument("--vae-frames", default="", help="VAE stage: clip lengths to cycle through (4k+1), e.g. 9,17 or 9/17 (device_run.sh splits on commas)")
     ap.add_argument("--crop", type=int, default=0, help="VAE stage: train on random square crops of this many pixels")
     ap.add_argument("--reuse", type=int, default=1, help="DiT/STA stages: steps per encoded batch (on average)")
     ap.add_argument("--pool", type=int, default=32, help="DiT/STA stages: encoded batches kept for reuse")
