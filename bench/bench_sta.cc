@@ -14,9 +14,10 @@
 // GPU cases: the paper shape (30x48x80, tile 6x8x8) at (3,3,3), (5,5,5) and full (5,6,10), each
 // without text and with 256 text slots (200 valid); the 720p canvas 33x45x80 with tiles 6x8x8 and
 // 3x8x8 at (3,3,3); the mixed set. Without a GPU (or with --cpu) a tiny CPU variant runs instead.
-// - With the Hopper kernel (STAVID_STA_HOPPER=1) the line adds "variant" (STAVID_STA_HOPPER_VARIANT,
-//   kernels/sta.h); --variants A,B,... times each case once per variant in turn (setting the
-//   variable), so variants of one case run back to back on one machine state.
+// - With the Hopper kernel (the default on sm_90; STAVID_STA_HOPPER=0 runs the portable kernels)
+//   the line adds "variant" (STAVID_STA_HOPPER_VARIANT, kernels/sta.h); --variants A,B,... times
+//   each case once per variant in turn (setting the variable), so variants of one case run back to
+//   back on one machine state.
 //
 // Usage: bench_sta [--cpu] [--reps N] [--only CASE[,CASE...]] [--variants NAME[,NAME...]]
 #include <algorithm>

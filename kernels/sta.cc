@@ -76,10 +76,11 @@ const char* sta_kernel_name(StaKernel k) {
 namespace {
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
-// The Hopper kernel is opt-in until fully validated on the GPU: STAVID_STA_HOPPER=1.
-[[maybe_unused]] bool hopper_opted_in() {
+// The Hopper kernel is the default on compute capability 9.0; STAVID_STA_HOPPER=0 opts out (the
+// portable kernels then run there too, e.g. to compare them).
+[[maybe_unused]] bool hopper_enabled() {
   const char* v = std::getenv("STAVID_STA_HOPPER");
-  return v && std::strcmp(v, "1") == 0;
+  return !(v && std::strcmp(v, "0") == 0);
 }
 }  // namespace
 
@@ -103,9 +104,10 @@ StaHopperVariant sta_hopper_variant() {
   else if (name == "skip") v.kind = StaHopperVariant::Skip;
   else if (name == "persist") v.kind = StaHopperVariant::Persist;
   else if (name == "deep") v.kind = StaHopperVariant::Deep;
+  else if (name == "auto") v.kind = StaHopperVariant::Auto;
   else
     STAVID_THROW(ErrorCode::InvalidArgument, "STAVID_STA_HOPPER_VARIANT=", s,
-                 ": expected masked, lean, skip, persist, persist:N or deep");
+                 ": expected auto, masked, lean, skip, persist, persist:N or deep");
   if (name.size() < s.size()) {
     const std::string cap = s.substr(name.size() + 1);
     char* end = nullptr;
@@ -117,6 +119,33 @@ StaHopperVariant sta_hopper_variant() {
   return v;
 }
 
+bool sta_hopper_needs_masks(const StaGeometry& g, int32_t block_n) {
+  for (int d = 0; d < 3; ++d)
+    if (g.canvas[d] % g.tile[d] != 0) return true;
+  return g.text_valid % block_n != 0;
+}
+
+// "auto" resolves to what measured fastest on launches of each kind (docs/perf-notes.md, "Variants
+// measured, session 4"): masked launches on 128-row CTAs gain from the 3-stage ring (720p 36.7 ->
+// 35.9 ms, text 29.9-30.3 -> 29.0-30.1 ms) that costs unmasked dense launches 0.8%; the persistent
+// longest-first grid balances heads with different windows (mixed 44.6 vs 45.1 ms) but costs 8% on
+// long uniform launches (dense 312.6 vs 288.5 ms); "skip" is the best, or within run-to-run noise of
+// it, everywhere else.
+StaHopperVariant sta_hopper_resolve(const StaAttentionParams& p, StaHopperVariant v) {
+  if (v.kind != StaHopperVariant::Auto) return v;
+  const bool rows64 = p.geom.tile_tokens % 128 != 0;
+  bool differ = false;
+  for (int h = 1; p.host_windows && h < p.heads && !differ; ++h) {
+    const StaWindow a = p.host_windows[0], b = p.host_windows[h];
+    differ = a.t != b.t || a.h != b.h || a.w != b.w;
+  }
+  StaHopperVariant r;
+  if (!rows64 && sta_hopper_needs_masks(p.geom, kHopperKeyBlock128)) r.kind = StaHopperVariant::Deep;
+  else if (differ) r.kind = StaHopperVariant::Persist;
+  else r.kind = StaHopperVariant::Skip;
+  return r;
+}
+
 std::string sta_hopper_variant_name(const StaHopperVariant& v) {
   switch (v.kind) {
     case StaHopperVariant::Masked: return "masked";
@@ -125,6 +154,7 @@ std::string sta_hopper_variant_name(const StaHopperVariant& v) {
     case StaHopperVariant::Persist:
       return v.max_ctas > 0 ? "persist:" + std::to_string(v.max_ctas) : std::string("persist");
     case StaHopperVariant::Deep: return "deep";
+    case StaHopperVariant::Auto: return "auto";
   }
   return "?";
 }
@@ -163,7 +193,7 @@ StaKernel select_sta_kernel(const StaAttentionParams& p) {
     STAVID_CHECK_CODE((g.seq_len() + 128) * s[2] < (int64_t(1) << 31), ErrorCode::Unsupported, "STA on CUDA: ",
                       g.seq_len(), " slots x seq stride ", s[2], " elements exceed 2^31 per head");
 #if defined(STAVID_WITH_CUDA)
-  if (hopper_opted_in() && detail::sta_hopper_supports(p) && detail::sta_hopper_device(p.device.index))
+  if (hopper_enabled() && detail::sta_hopper_supports(p) && detail::sta_hopper_device(p.device.index))
     return StaKernel::Hopper;
 #endif
   return g.tile_tokens % 128 == 0 ? StaKernel::PortableM128 : StaKernel::PortableM64;

@@ -272,12 +272,12 @@ enum class StaKernel : uint8_t {
   Cpu,            // the CPU reference (any dtype, any head dim)
   PortableM128,   // sm_80+: mma.sync, 128 query rows per CTA (tile_tokens % 128 == 0)
   PortableM64,    // sm_80+: mma.sync, 64 query rows per CTA (tile_tokens % 64 == 0)
-  // sm_90a: TMA + wgmma, warp-specialized (kernels/sta_hopper.cu). Opt-in until fully validated on
-  // a GPU: selected only with STAVID_STA_HOPPER=1 in the environment, on a compute capability 9.0
-  // device, for bf16 / fp16, head_dim 64 / 128, tile_tokens % 64 == 0 (any windows, padded
-  // canvases, text slots): all the params the portable kernels take. Issue 9.
+  // sm_90a: TMA + wgmma, warp-specialized (kernels/sta_hopper.cu). Selected on a compute capability
+  // 9.0 device for bf16 / fp16, head_dim 64 / 128, tile_tokens % 64 == 0 (any windows, padded
+  // canvases, text slots): all the params the portable kernels take. Issue 9. STAVID_STA_HOPPER=0 in
+  // the environment selects the portable kernels instead (read at every call).
   // Variants of it, for timing side by side from one binary: STAVID_STA_HOPPER_VARIANT=<name>
-  // (StaHopperVariant below; unset: "lean"), read at every call.
+  // (StaHopperVariant below; unset: "auto"), read at every call.
   Hopper,
 };
 const char* sta_kernel_name(StaKernel k);
@@ -315,13 +315,27 @@ bool sta_hopper_supports(const StaAttentionParams& p);
 //   each batch x head in decreasing visit count (host_windows), so heads with different windows
 //   balance;
 // - "deep": skip, with a 3-stage K/V ring (and one Q buffer) on 128-row CTAs (tiles of a multiple of
-//   128 tokens; 64-row CTAs keep 2 stages), not persistent.
+//   128 tokens; 64-row CTAs keep 2 stages), not persistent;
+// - "auto" (the default): per launch, the variant measured fastest on launches of its kind (session 4,
+//   docs/perf-notes.md): "deep" when a visit needs a mask on 128-row CTAs (text slots not filling key
+//   blocks, padded canvases), else "persist" when the heads' windows differ (host_windows; the
+//   longest-first order balances them), else "skip".
 struct StaHopperVariant {
-  enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep } kind = Lean;
+  enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep, Auto } kind = Auto;
   int32_t max_ctas = 0;  // "persist:N": at most N CTAs (0: no cap); tests use it to give CTAs many items
 };
-// Parses STAVID_STA_HOPPER_VARIANT (unset or empty: lean); throws InvalidArgument on an unknown name.
+// Parses STAVID_STA_HOPPER_VARIANT (unset or empty: auto); throws InvalidArgument on an unknown name.
 StaHopperVariant sta_hopper_variant();
+// Key block of the Hopper kernel's CTA shapes: 128 keys with 128 query rows (tile_tokens % 128 == 0),
+// 64 with 64 rows.
+inline constexpr int32_t kHopperKeyBlock128 = 128, kHopperKeyBlock64 = 64;
+// Whether any visit of a launch with key blocks of block_n needs an element mask (StaVisit::needs_mask):
+// a tile with padded slots, or a text block that valid text does not fill.
+bool sta_hopper_needs_masks(const StaGeometry& g, int32_t block_n);
+// The variant a launch of p runs: v itself, or for "auto" the concrete choice (see Auto above):
+// "deep" for masked launches on 128-row CTAs, "persist" when host_windows differ between heads,
+// "skip" otherwise.
+StaHopperVariant sta_hopper_resolve(const StaAttentionParams& p, StaHopperVariant v);
 // The name the variant is selected by ("persist:3" for a capped persistent grid).
 std::string sta_hopper_variant_name(const StaHopperVariant& v);
 }  // namespace detail

@@ -1,7 +1,7 @@
 // STA attention, Hopper path (sm_90a): TMA + wgmma, warp-specialized. bf16 and fp16, d = 64 and 128,
 // tiles of a multiple of 64 tokens, any per-head windows, padded canvases and text slots, image and
-// text queries in one launch. Opt-in (STAVID_STA_HOPPER=1, kernels/sta.cc) until validated on a
-// GPU; the selector sends it only params it supports (detail::sta_hopper_supports).
+// text queries in one launch. The selector's choice on compute capability 9.0 (STAVID_STA_HOPPER=0
+// opts out, kernels/sta.cc); it sends it only params it supports (detail::sta_hopper_supports).
 //
 // Two CTA shapes (HopperCfg), both with a query block of BM rows that lies inside one tile (or
 // inside the text), so all its rows share one key range:
@@ -674,14 +674,6 @@ CUtensorMap make_map(const void* ptr, const int64_t st[3], int64_t seq, int32_t 
   return map;
 }
 
-// Whether any visit of the launch needs an element mask (StaVisit::needs_mask): a tile with padded
-// slots, or a text block that valid text does not fill.
-bool launch_needs_masks(const StaGeometry& g, int32_t block_n) {
-  for (int d = 0; d < 3; ++d)
-    if (g.canvas[d] % g.tile[d] != 0) return true;
-  return g.text_valid % block_n != 0;
-}
-
 // The persistent grid's work counter of one stream on the current device (zeroed before each launch
 // on that stream; launches on one stream run in order, so one counter per stream suffices).
 int32_t* persistent_counter(cudaStream_t stream) {
@@ -765,7 +757,7 @@ void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cud
 // The unmasked instance unless the variant is "masked" or a visit needs a mask.
 template <typename Cfg>
 void launch_hopper_masking(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
-  if (var.kind == StaHopperVariant::Masked || launch_needs_masks(p.geom, Cfg::kBN))
+  if (var.kind == StaHopperVariant::Masked || sta_hopper_needs_masks(p.geom, Cfg::kBN))
     launch_hopper<Cfg, true>(p, var, stream);
   else
     launch_hopper<Cfg, false>(p, var, stream);
@@ -774,10 +766,14 @@ void launch_hopper_masking(const StaAttentionParams& p, const StaHopperVariant& 
 // 128-row CTAs for tiles of a multiple of 128 tokens (a 3-stage ring for the variant "deep"),
 // 64-row CTAs (two per SM, whose shared memory leaves no room for a third stage) otherwise.
 template <typename T, int kD>
-void launch_hopper_for(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
-  if (p.geom.tile_tokens % 128 != 0) launch_hopper_masking<HopperCfg<T, kD, 1, 64>>(p, var, stream);
+void launch_hopper_for(const StaAttentionParams& p, StaHopperVariant var, cudaStream_t stream) {
+  using Rows64 = HopperCfg<T, kD, 1, 64>;
+  using Rows128 = HopperCfg<T, kD, 2, 128>;
+  static_assert(Rows64::kBN == kHopperKeyBlock64 && Rows128::kBN == kHopperKeyBlock128);
+  var = sta_hopper_resolve(p, var);
+  if (p.geom.tile_tokens % 128 != 0) launch_hopper_masking<Rows64>(p, var, stream);
   else if (var.kind == StaHopperVariant::Deep) launch_hopper_masking<HopperCfg<T, kD, 2, 128, 3>>(p, var, stream);
-  else launch_hopper_masking<HopperCfg<T, kD, 2, 128>>(p, var, stream);
+  else launch_hopper_masking<Rows128>(p, var, stream);
 }
 
 template <typename T>

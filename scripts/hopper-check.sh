@@ -74,7 +74,7 @@ test | bench | run)
   fi
   echo "== bench (portable, then hopper)"
   for c in ${HOPPER_BENCH-paper_full}; do
-    timeout 60 "$build/bench/bench_sta" --only "$c"
+    STAVID_STA_HOPPER=0 timeout 60 "$build/bench/bench_sta" --only "$c"
     STAVID_STA_HOPPER=1 timeout 60 "$build/bench/bench_sta" --only "$c"
   done
   exit "$rc"
