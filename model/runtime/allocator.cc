@@ -4,6 +4,10 @@
 #include <memory>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "kernels/core/error.h"
 #include "model/runtime/cuda_runtime.h"
 
@@ -39,6 +43,23 @@ CpuAllocator::~CpuAllocator() {
   for (auto& [size, ptr] : free_) std::free(ptr);
 }
 
+namespace {
+// Fresh host pages cost a page fault each (and a zeroing) on first touch, which in a VM dominated the CPU VAE
+// decode (322k faults for 1.3 GB). Large blocks are 2 MiB aligned and advised as transparent huge pages
+// (one fault per 2 MiB where THP is "madvise" or "always").
+constexpr size_t kHugePage = size_t(2) << 20;
+
+void* host_alloc(size_t size) {
+  if (size < kHugePage) return std::aligned_alloc(256, size);
+  const size_t rounded = (size + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = std::aligned_alloc(kHugePage, rounded);
+#if defined(__linux__)
+  if (p != nullptr) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: ignored where THP is off
+#endif
+  return p;
+}
+}  // namespace
+
 void* CpuAllocator::allocate(size_t bytes, const Stream&) {
   const size_t size = allocation_size_class(bytes);
   std::lock_guard<std::mutex> lock(mu_);
@@ -50,10 +71,10 @@ void* CpuAllocator::allocate(size_t bytes, const Stream&) {
     note_alloc(stats_, size);
     return p;
   }
-  void* p = std::aligned_alloc(256, size);
+  void* p = host_alloc(size);
   if (p == nullptr) {
     release_cached_locked();
-    p = std::aligned_alloc(256, size);
+    p = host_alloc(size);
   }
   STAVID_CHECK_CODE(p != nullptr, ErrorCode::OutOfMemory, "host allocation of ", bytes, " bytes failed");
   live_[p] = size;

@@ -69,7 +69,8 @@ Allocator& allocator_for(Device device);
 size_t allocation_size_class(size_t bytes);
 
 // Host memory, 256-byte aligned, with the same size classes and a bounded cache of freed blocks
-// (large buffers from the system allocator are fresh mmaps whose page faults dominate otherwise).
+// (large buffers from the system allocator are fresh mmaps whose page faults dominate otherwise);
+// blocks of 2 MiB and more are advised as transparent huge pages (one fault per 2 MiB).
 class CpuAllocator final : public Allocator {
  public:
   static constexpr size_t kMaxCachedBytes = size_t(2) << 30;
