@@ -946,7 +946,7 @@ struct HopperCase {
   return cs;
 }
 
-TEST(StaSelector, HopperOnlyWhenOptedInAndSupported) {
+TEST(StaSelector, HopperWhenEnabledAndSupported) {
   alignas(16) static char buf[256];
   const std::vector<StaWindow> dense(2, StaWindow{5, 6, 10}), sparse(2, StaWindow{3, 3, 3});
   StaAttentionParams p;
