@@ -577,6 +577,16 @@ def sta_windows(spec: Spec) -> List[Tuple[int, int, int]]:
     return [tuple(spec.window)] * spec.dit["num_attention_heads"]
 
 
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of videos in [-1, 1] (peak-to-peak 2, so peak^2 = 4)."""
+    return 10.0 * math.log10(4.0 / max(float(mse), 1e-12))
+
+
+def video_psnr(rec: torch.Tensor, ref: torch.Tensor) -> float:
+    """PSNR in dB of a reconstruction in about [-1, 1] (clamped) against its reference."""
+    return psnr_from_mse(((rec.float().clamp(-1, 1) - ref.float()) ** 2).mean())
+
+
 def sta_sparsity(canvas, tile, window) -> float:
     grid = hd.sta_grid(canvas, tile)
     kept = 1.0

@@ -227,7 +227,7 @@ def stage_vae(args, spec, device, log):
     def val_psnr():
         with torch.no_grad(), C.autocast(device):
             rec = vae.decode_raw(vae.encode(val)[0]).float()
-        return float(10 * torch.log10(4.0 / ((rec.clamp(-1, 1) - val) ** 2).mean().clamp_min(1e-10)))
+        return C.video_psnr(rec, val)
 
     while step < total and not budget.over():
         F_, H, W = sizes[step % len(sizes)]
@@ -254,7 +254,7 @@ def stage_vae(args, spec, device, log):
         _optimizer_step(opt, params, loss, _lr(step, base_lr, 100, total, budget=budget))
         step += 1
         if step % args.log_every == 0 or step == total:
-            psnr = float(10 * torch.log10(4.0 / l2.clamp_min(1e-10)))
+            psnr = C.psnr_from_mse(l2)
             extra = {"val_psnr": round(val_psnr(), 2)} if step % (10 * args.log_every) == 0 else {}
             log(stage="vae", step=step, l1=float(l1), psnr=psnr, edge=float(le), kl=float(kl),
                 t=round(budget.elapsed(), 1), **extra)
@@ -408,7 +408,8 @@ def main():
     ap.add_argument("--kl-weight", type=float, default=1e-4, help="VAE stage: weight of the mean KL term")
     ap.add_argument("--logvar-init", type=float, default=0.0,
                     help="VAE stage, fresh start: added to the encoder's log-variance bias (e.g. -6)")
-    ap.add_argument("--vae-frames", default="", help="VAE stage: clip lengths to cycle through (4k+1), e.g. 9,17 or 9/17 (device_run.sh splits on commas)")
+    ap.add_argument("--vae-frames", default="",
+                    help="VAE stage: clip lengths to cycle through (4k+1), e.g. 9,17 or 9/17 (device_run.sh splits on commas)")
     ap.add_argument("--crop", type=int, default=0, help="VAE stage: train on random square crops of this many pixels")
     ap.add_argument("--reuse", type=int, default=1, help="DiT/STA stages: steps per encoded batch (on average)")
     ap.add_argument("--pool", type=int, default=32, help="DiT/STA stages: encoded batches kept for reuse")

@@ -47,7 +47,6 @@ def main():
             mean, _ = vae.encode(b.video[i:i + 1])
             recs.append(vae.decode_raw(mean).float())
     rec = torch.cat(recs)
-    mse = float(((rec.clamp(-1, 1) - b.video.float()) ** 2).mean())
     orig_ok, rec_ok, failures = 0, 0, []
     for i, caption in enumerate(b.captions):
         o, r = K.check(frames(b.video, i), caption), K.check(frames(rec, i), caption)
@@ -56,7 +55,7 @@ def main():
         if not r["pass"]:
             failures.append({"caption": caption, **{k: r[k] for k in ("colour", "shape", "motion", "background")}})
     print(json.dumps({"n": args.n, "originals_pass": orig_ok / args.n, "reconstructions_pass": rec_ok / args.n,
-                      "psnr": 10 * np.log10(4.0 / max(mse, 1e-12)), "failures": failures}))
+                      "psnr": C.video_psnr(rec, b.video), "failures": failures}))
 
 
 if __name__ == "__main__":

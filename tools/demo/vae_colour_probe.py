@@ -33,8 +33,7 @@ def clips(g: torch.Generator, n: int, squares: bool = True, size: int = 32, fram
 
 @torch.no_grad()
 def psnr(vae: C.VAE, x: torch.Tensor) -> float:
-    r = vae.decode_raw(vae.encode(x)[0]).clamp(-1, 1)
-    return float(10 * torch.log10(4.0 / ((r - x) ** 2).mean()))
+    return C.video_psnr(vae.decode_raw(vae.encode(x)[0]), x)
 
 
 def main():
