@@ -103,10 +103,12 @@ def _progress(step, total, budget, start_step=0):
     return min(1.0, p)
 
 
-def _lr(step, base, warmup, total=None, floor=0.1, budget=None):
-    """Linear warm-up, then cosine decay to floor * base over the stage's progress (steps or time budget)."""
-    if step < warmup:
-        return base * (step + 1) / warmup
+def _lr(step, base, warmup, total=None, floor=0.1, budget=None, start=0):
+    """Linear warm-up (over the first `warmup` steps of this call: a resumed stage warms up again, its
+    optimizer moments may be fresh), then cosine decay to floor * base over the stage's progress (steps or
+    time budget)."""
+    if step - start < warmup:
+        return base * (step - start + 1) / warmup
     if total:
         p = _progress(step, total, budget)
         return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
@@ -204,6 +206,7 @@ def stage_vae(args, spec, device, log):
     opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=0.0, betas=(0.9, 0.99))
     folder = os.path.join(args.run, "vae")
     step, _ = _resume(folder, "vae", OrderedDict(dec=vae.dec, enc=vae.enc), opt)
+    start_step = step
     if step == 0 and args.logvar_init:
         # Start with a small posterior std: with the default init the sampled latent's noise (std 1) drowns the
         # mean, and a weakly weighted KL lets the decoder learn to average over it (blur, washed-out colours).
@@ -251,7 +254,7 @@ def stage_vae(args, spec, device, log):
         le = sum((a - b).abs().mean() for a, b in zip(ey, ex))
         kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
         loss = l1 + l2 + le + args.kl_weight * kl
-        _optimizer_step(opt, params, loss, _lr(step, base_lr, 100, total, budget=budget))
+        _optimizer_step(opt, params, loss, _lr(step, base_lr, 100, total, budget=budget, start=start_step))
         step += 1
         if step % args.log_every == 0 or step == total:
             psnr = C.psnr_from_mse(l2)
