@@ -123,23 +123,63 @@ STA_HD bool sta_tile_has_padding(const StaGeometry& g, int32_t tile_id) {
   return false;
 }
 
-// Canvas coordinates of an image slot; false for a padded slot.
+// Canvas extent of a tile along each axis: tile[d] for an inner tile, less for the last tile of an
+// axis the canvas does not fill (at least 1 unless the canvas is empty on that axis).
+STA_HD void sta_tile_extent(const StaGeometry& g, const int32_t c[3], int32_t v[3]) {
+  for (int d = 0; d < 3; ++d) {
+    const int32_t left = g.canvas[d] - c[d] * g.tile[d];
+    v[d] = left < g.tile[d] ? (left > 0 ? left : 0) : g.tile[d];
+  }
+}
+
+// In-tile order (spec section 2, extended to padded tiles): the tile's in-canvas tokens first, raster
+// ordered (t, h, w) over the tile's canvas extent v, then its padded slots. For a full tile v = tile, so
+// this is the spec's local_id; for a partial tile the padding fills the tile's last slots, hence whole
+// key / query blocks that kernels can skip instead of masking padding spread through every block.
+// Canvas coordinates of an image slot; false for a padded slot (coordinates then unspecified).
 STA_HD bool sta_slot_coords(const StaGeometry& g, int64_t slot, int32_t* t, int32_t* h, int32_t* w) {
   const int32_t tile_id = static_cast<int32_t>(slot / g.tile_tokens);
   const int32_t local = static_cast<int32_t>(slot % g.tile_tokens);
-  int32_t c[3];
+  int32_t c[3], v[3];
   sta_tile_coords(g, tile_id, &c[0], &c[1], &c[2]);
-  *w = c[2] * g.tile[2] + local % g.tile[2];
-  *h = c[1] * g.tile[1] + (local / g.tile[2]) % g.tile[1];
-  *t = c[0] * g.tile[0] + local / (g.tile[2] * g.tile[1]);
-  return *t < g.canvas[0] && *h < g.canvas[1] && *w < g.canvas[2];
+  sta_tile_extent(g, c, v);
+  const int32_t plane = v[1] * v[2];
+  if (local >= v[0] * plane) {
+    *t = *h = *w = -1;
+    return false;
+  }
+  *w = c[2] * g.tile[2] + local % v[2];
+  *h = c[1] * g.tile[1] + (local / v[2]) % v[1];
+  *t = c[0] * g.tile[0] + local / plane;
+  return true;
 }
 
 // Whether a slot holds a real key: an in-canvas image slot or a valid text slot.
 STA_HD bool sta_key_valid(const StaGeometry& g, int64_t slot) {
   if (slot >= g.img_slots) return slot - g.img_slots < g.text_valid;
-  int32_t t, h, w;
-  return sta_slot_coords(g, slot, &t, &h, &w);
+  int32_t c[3], v[3];
+  sta_tile_coords(g, static_cast<int32_t>(slot / g.tile_tokens), &c[0], &c[1], &c[2]);
+  sta_tile_extent(g, c, v);
+  return slot % g.tile_tokens < v[0] * v[1] * v[2];  // in-canvas tokens come first in a tile
+}
+
+// Valid slots in [start, start + n) for a range inside one tile or inside the text slots (every kernel
+// block: tile_tokens is a multiple of the block, blocks start on block boundaries). Padding comes last in a
+// tile and the text tail is padding too, so the valid slots are the range's first ones: the count is the
+// whole mask (== the number of slots s in the range with sta_key_valid(g, s)).
+STA_HD int32_t sta_block_valid_count(const StaGeometry& g, int64_t start, int32_t n) {
+  int64_t valid_end;
+  if (start >= g.img_slots) {
+    valid_end = g.img_slots + g.text_valid;
+  } else {
+    const int32_t tile_id = static_cast<int32_t>(start / g.tile_tokens);
+    int32_t c[3], v[3];
+    sta_tile_coords(g, tile_id, &c[0], &c[1], &c[2]);
+    sta_tile_extent(g, c, v);
+    valid_end = static_cast<int64_t>(tile_id) * g.tile_tokens + v[0] * v[1] * v[2];
+  }
+  const int64_t k = valid_end - start;
+  return k <= 0 ? 0 : (k >= n ? n : static_cast<int32_t>(k));
 }
 
 // THE visit list, part 2: key blocks of `block_n` slots for a query range. Blocks of every tile in
@@ -221,8 +261,11 @@ STA_HD int64_t sta_slot_of_raster(const StaGeometry& g, int64_t raster) {
   const int32_t w = static_cast<int32_t>(raster % g.canvas[2]);
   const int32_t h = static_cast<int32_t>((raster / g.canvas[2]) % g.canvas[1]);
   const int32_t t = static_cast<int32_t>(raster / (static_cast<int64_t>(g.canvas[2]) * g.canvas[1]));
-  const int32_t tile_id = ((t / g.tile[0]) * g.grid[1] + h / g.tile[1]) * g.grid[2] + w / g.tile[2];
-  const int32_t local = ((t % g.tile[0]) * g.tile[1] + h % g.tile[1]) * g.tile[2] + w % g.tile[2];
+  const int32_t c[3] = {t / g.tile[0], h / g.tile[1], w / g.tile[2]};
+  const int32_t tile_id = (c[0] * g.grid[1] + c[1]) * g.grid[2] + c[2];
+  int32_t v[3];
+  sta_tile_extent(g, c, v);
+  const int32_t local = ((t % g.tile[0]) * v[1] + h % g.tile[1]) * v[2] + w % g.tile[2];
   return static_cast<int64_t>(tile_id) * g.tile_tokens + local;
 }
 STA_HD int64_t sta_raster_of_slot(const StaGeometry& g, int64_t slot) {

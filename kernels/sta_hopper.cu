@@ -30,9 +30,10 @@
 //   on the stage's `empty` mbarrier, arms its `full` mbarrier with the byte count (arrive.expect_tx)
 //   and the TMA completes the transaction.
 // - Element masks: only the producer knows which visits need them (StaVisit::needs_mask: tiles with
-//   padded slots, the text tail). For such a visit the warp's 32 lanes evaluate sta_key_valid on the
-//   block's BN keys and ballot them into a BN-bit valid mask; lane 0 stores it with the stage's
-//   flag before the arrive on `full` (release; the consumers' wait acquires it). Keys past the
+//   padded slots, the text tail). A tile's padding comes last (sta.h), so a block's valid keys are its
+//   first n (sta_block_valid_count) and the BN-bit valid mask is a prefix; a block with n == BN runs
+//   unmasked. Lane 0 stores the mask with the stage's flag before the arrive on `full` (release; the
+//   consumers' wait acquires it). Keys past the
 //   sequence read as zero (TMA out-of-bounds fill) and are invalid in the mask too; keys that exist
 //   in memory but are invisible (padded slots, text slots past text_valid) are masked. With
 //   skip_empty, a block whose mask is all zero is not loaded at all, and a query block of padded
@@ -425,10 +426,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           // A query block of padded slots only (the last block of a tile padded in t): its rows are
           // dropped, so it visits nothing and its rows come out as zeros.
           if (a.skip_empty && q_start < g.img_slots && sta_tile_has_padding(g, q_start / g.tile_tokens)) {
-            bool any = false;
-#pragma unroll
-            for (int w = 0; w < kBM / 32; ++w) any |= __ballot_sync(0xffffffffu, sta_key_valid(g, q_start + 32 * w + lane)) != 0;
-            if (!any) {
+            if (sta_block_valid_count(g, q_start, kBM) == 0) {
               n_visits = 0;
               load_q = false;
             }
@@ -452,25 +450,31 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         for (int j = 0; j < n_visits; ++j) {
           v = j == 0 ? sta_visit_at(g, r, kBN, 0) : sta_visit_next(g, r, kBN, j - 1, v);
           uint32_t valid[Cfg::kMaskWords];
+          [[maybe_unused]] bool masked = v.needs_mask;
           if constexpr (kMasked) {
             // The block's valid keys (computed while the stage may still be in use): lane i holds key
             // 32 w + i of ballot w. Rows past the sequence are invalid (sta_key_valid) and zero in memory.
             if (v.needs_mask) {
-              uint32_t any = 0;
+              // The valid keys are the block's first n (padding last in a tile, sta.h), so the count is
+              // the mask: bit i of word w is key 32 w + i.
+              const int32_t n = sta_block_valid_count(g, v.key_start, kBN);
+              if (a.skip_empty && n == 0) continue;  // padded slots only: nothing to load or add
 #pragma unroll
               for (int w = 0; w < Cfg::kMaskWords; ++w) {
-                valid[w] = __ballot_sync(0xffffffffu, sta_key_valid(g, v.key_start + 32 * w + lane));
-                any |= valid[w];
+                const int32_t k = n - 32 * w;
+                valid[w] = k >= 32 ? 0xffffffffu : (k <= 0 ? 0u : (1u << k) - 1u);
               }
-              if (a.skip_empty && any == 0) continue;  // padded slots only: nothing to load or add
+              // A block of a padded tile whose keys are all real: the consumers take the unmasked path
+              // (v itself keeps its flag: sta_visit_next carries it to the tile's next block).
+              masked = n < kBN;
             }
           }
           if (lane == 0) {
             const int st = slot % kStages;
             if (slot >= kStages) mbar_wait(empty0 + 8 * st, (slot / kStages - 1) & 1);
             if constexpr (kMasked) {
-              s_flags[st] = v.needs_mask ? kStageMasked : 0;  // published by the arrive below (release)
-              if (v.needs_mask)
+              s_flags[st] = masked ? kStageMasked : 0;  // published by the arrive below (release)
+              if (masked)
 #pragma unroll
                 for (int w = 0; w < Cfg::kMaskWords; ++w) s_valid[st][w] = valid[w];
             }

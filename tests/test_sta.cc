@@ -293,12 +293,26 @@ TEST(StaPermuteIndex, InverseBijections) {
         ASSERT_EQ(sta_raster_of_slot(g, s), r) << geom_str(g);
         ++seen[s];
         if (r < g.img_tokens()) {
-          // The spec's formula (section 2), written out here.
+          // The spec's formula (section 2), written out here, with the in-tile strides of the tile's
+          // canvas extent (the spec's for a full tile; a partial tile's padding goes last).
           const int64_t tt = r / (int64_t(c[1]) * c[2]), hh = (r / c[2]) % c[1], ww = r % c[2];
           const int64_t tile_id = ((tt / t[0]) * g.grid[1] + hh / t[1]) * g.grid[2] + ww / t[2];
-          const int64_t local = ((tt % t[0]) * t[1] + hh % t[1]) * t[2] + ww % t[2];
+          const int64_t vh = std::min<int64_t>(t[1], c[1] - hh / t[1] * t[1]);
+          const int64_t vw = std::min<int64_t>(t[2], c[2] - ww / t[2] * t[2]);
+          const int64_t local = ((tt % t[0]) * vh + hh % t[1]) * vw + ww % t[2];
           ASSERT_EQ(s, tile_id * g.tile_tokens + local) << geom_str(g);
+          const bool full = (tt / t[0] + 1) * t[0] <= c[0] && (hh / t[1] + 1) * t[1] <= c[1] &&
+                            (ww / t[2] + 1) * t[2] <= c[2];
+          if (full)  // exactly the spec's local_id
+            ASSERT_EQ(local, ((tt % t[0]) * t[1] + hh % t[1]) * t[2] + ww % t[2]);
         }
+      }
+      // Padding last: in every tile, the in-canvas slots are exactly the first ones.
+      for (int32_t tile = 0; tile < g.num_tiles; ++tile) {
+        int64_t real = 0;
+        for (int64_t l = 0; l < g.tile_tokens; ++l) real += !is_padded_slot(g, int64_t(tile) * g.tile_tokens + l);
+        for (int64_t l = 0; l < g.tile_tokens; ++l)
+          ASSERT_EQ(is_padded_slot(g, int64_t(tile) * g.tile_tokens + l), l >= real) << geom_str(g) << " tile " << tile;
       }
       int64_t unmapped = 0;
       for (int64_t s = 0; s < g.seq_len(); ++s) {
@@ -313,6 +327,27 @@ TEST(StaPermuteIndex, InverseBijections) {
         }
       }
       EXPECT_EQ(unmapped, g.img_slots - g.img_tokens()) << geom_str(g);
+    }
+}
+
+// The Hopper kernel's masks: a block's valid keys are its first sta_block_valid_count(...) slots, for
+// every block of a tile (block sizes that divide the tile) and of the text slots, padded canvases included.
+TEST(StaPermuteIndex, BlockValidCountIsAPrefixMask) {
+  const std::array<int32_t, 3> canvases[] = {{33, 45, 80}, {3, 5, 7}, {30, 48, 80}, {5, 13, 9}};
+  const std::array<int32_t, 3> tiles[] = {{6, 8, 8}, {3, 8, 8}, {2, 4, 8}, {1, 8, 8}};
+  for (const auto& c : canvases)
+    for (const auto& t : tiles) {
+      const StaGeometry g = geom(c, t, 256, 200);
+      for (const int32_t n : {32, 64, 128}) {
+        if (g.tile_tokens % n != 0) continue;
+        for (int64_t start = 0; start < g.seq_len(); start += n) {
+          const int32_t k = sta_block_valid_count(g, start, n);
+          for (int32_t i = 0; i < n; ++i) {
+            const int64_t s = start + i;
+            ASSERT_EQ(s < g.seq_len() && sta_key_valid(g, s), i < k) << geom_str(g) << " block " << start << "+" << n;
+          }
+        }
+      }
     }
 }
 

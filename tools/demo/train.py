@@ -199,14 +199,20 @@ def _edges(x):
 
 def stage_vae(args, spec, device, log):
     vae = C.VAE(spec.vae_config(), seed=args.seed).to(device)
-    params = list(vae.parameters())
+    # --decoder-only: the encoder (hence the latent space and its scaling factor, which a DiT may already be
+    # trained on) stays fixed; only the decoder learns (the decoder fine-tuning of latent-diffusion VAEs).
+    if args.decoder_only:
+        vae.enc.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
     # 1e-4: at 1e-3 the VAE learned shapes and luminance but not hue (docs/demo-model.md, session 4, single
     # frames on the CPU: 1e-3 21.4 dB at 700 steps, hues still lost at 1,500; 1e-4 26.2 dB at 700, hues right).
     base_lr = args.lr or 1e-4
     opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=0.0, betas=(0.9, 0.99))
     folder = os.path.join(args.run, "vae")
-    step, _ = _resume(folder, "vae", OrderedDict(dec=vae.dec, enc=vae.enc), opt)
+    step, resumed = _resume(folder, "vae", OrderedDict(dec=vae.dec, enc=vae.enc), opt)
     start_step = step
+    if args.decoder_only and step == 0:
+        raise SystemExit("train.py vae --decoder-only: no VAE checkpoint in the run folder to fine-tune")
     if step == 0 and args.logvar_init:
         # Start with a small posterior std: with the default init the sampled latent's noise (std 1) drowns the
         # mean, and a weakly weighted KL lets the decoder learn to average over it (blur, washed-out colours).
@@ -243,8 +249,9 @@ def stage_vae(args, spec, device, log):
             y0 = 8 * int(torch.randint((H - c) // 8 + 1, (1,), generator=g))
             x0_ = 8 * int(torch.randint((W - c) // 8 + 1, (1,), generator=g))
             x = x[..., y0:y0 + c, x0_:x0_ + c].contiguous()
-        with C.autocast(device):
+        with C.autocast(device), torch.set_grad_enabled(not args.decoder_only):
             mean, logvar = vae.encode(x)
+        with C.autocast(device):
             z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
             y = vae.decode_raw(z)
         y = y.float()
@@ -261,12 +268,16 @@ def stage_vae(args, spec, device, log):
             extra = {"val_psnr": round(val_psnr(), 2)} if step % (10 * args.log_every) == 0 else {}
             log(stage="vae", step=step, l1=float(l1), psnr=psnr, edge=float(le), kl=float(kl),
                 t=round(budget.elapsed(), 1), **extra)
-    # Latent scaling factor: 1 / std of the encoder means over fresh training clips at the native size.
-    with torch.no_grad(), C.autocast(device):
-        zs = [vae.encode(D.make_batch(g, B, spec.frames, spec.height, spec.width, "train", device=device).video)[0].float()
-              for _ in range(4 if not spec.toy else 1)]
-    std = float(torch.cat([z.flatten() for z in zs]).std())
-    sf = 1.0 / max(std, 1e-6)
+    # Latent scaling factor: 1 / std of the encoder means over fresh training clips at the native size (kept
+    # as it was when the encoder is frozen: a DiT trained on these latents must see the same scale).
+    if args.decoder_only:
+        sf, std = float(resumed["scaling_factor"]), float(resumed["latent_std"])
+    else:
+        with torch.no_grad(), C.autocast(device):
+            zs = [vae.encode(D.make_batch(g, B, spec.frames, spec.height, spec.width, "train",
+                                          device=device).video)[0].float() for _ in range(4 if not spec.toy else 1)]
+        std = float(torch.cat([z.flatten() for z in zs]).std())
+        sf = 1.0 / max(std, 1e-6)
     _save_stage(folder, "vae", OrderedDict(dec=vae.dec, enc=vae.enc), opt, step,
                 {"scaling_factor": sf, "latent_std": std, "l1": float(l1)}, save_opt=not args.no_optimizer_state)
     log(stage="vae", event="saved", step=step, scaling_factor=sf, val_psnr=round(val_psnr(), 2))
@@ -417,6 +428,8 @@ def main():
     ap.add_argument("--reuse", type=int, default=1, help="DiT/STA stages: steps per encoded batch (on average)")
     ap.add_argument("--pool", type=int, default=32, help="DiT/STA stages: encoded batches kept for reuse")
     ap.add_argument("--no-optimizer-state", action="store_true", help="checkpoints without the Adam moments")
+    ap.add_argument("--decoder-only", action="store_true",
+                    help="vae: fine-tune the decoder of the run's VAE; encoder and scaling factor stay fixed")
     args = ap.parse_args()
     C.set_threads()
     torch.manual_seed(args.seed)
