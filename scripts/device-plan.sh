@@ -1,66 +1,67 @@
 #!/usr/bin/env bash
-# A session's device plan for the demo model (issue 8) in three calls, each complete on its own and
-# under the tool's 10 minutes (docs/demo-model.md, "Training log"):
+# A session's device plan (docs/demo-model.md "Session 5", docs/perf-notes.md "Padding last inside a tile"),
+# three calls, each complete on its own and under the tool's 10 minutes:
 #
-#   call1  VAE training (resumes from the run folder's vae/, if any) with a held-out PSNR curve in the
-#          log, then vae_check.py: reconstructions must pass the checker before the DiT is worth
-#          training.                                          carry ["tools/demo/runs/main"]
-#   call2  DiT training on the VAE's latents.                carry as below if cold
-#   call3  STA fine-tuning and eval.py; the demo model's C++ DiT step and VAE decode on the GPU
-#          (built beside the training).                      carry [".deps", "tools/demo/runs/main"] if cold
+#   call1  the demo DiT resumed at the native size (DIT_MIN, default 8.5; DIT_BATCH, native clips per
+#          step, default 16).
+#                                                         carry ["tools/demo/runs/main"]
+#   call2  VAE decoder fine-tuning (encoder frozen), STA fine-tuning, eval.py on the held-out prompts.
+#                                                         carry ["tools/demo/runs/main"] if cold
+#   call3  the GPU checks of binaries built here by scripts/gpu-bundle.sh (test_sta with the Hopper kernel
+#          and every variant, test_dit, bench_sta on the padded 720p shapes per variant, the demo model's
+#          C++ DiT step and VAE decode).          carry [".gpubin"]; build first:
+#          scripts/gpu-bundle.sh test_sta bench_sta test_dit bench_dit bench_vae
 #
-# Issue the calls back to back (a machine idle for 30 s goes back; a warm one keeps the run folder, so
-# call2 and call3 then need no carry; carrying is always safe). Minutes per stage: VAE_MIN, DIT_MIN,
-# STA_MIN. Unpack here: cat FILES_AT/run.tar.part-* | tar -x -C tools/demo/runs/main
-# TOY=1: toy sizes and minute-long budgets, to try the flow on the CPU machine (RUN defaults to a
-# scratch folder then; the GPU steps fail fast without a GPU).
+# Unpack calls 1-2 here: cat FILES_AT/run.tar.part-* | tar -x -C tools/demo/runs/main (and delete stale shards:
+# a stage's save removes its old shards only on the machine that saved).
+# TOY=1: toy sizes and minute-long budgets, to try calls 1-2 on the CPU machine (RUN defaults to a scratch
+# folder then).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-./gpu-out}
 mkdir -p "$OUT"
 export OUT
-build=${STAVID_GPU_BUILD_DIR:-build-gpu}
-# --steps: the stage stops at its minute budget, not at the default step count, when it resumes.
-vae_args="--crop,128,--batch,8,--vae-frames,9/17,--kl-weight,1e-6,--logvar-init,-6,--steps,1000000,--no-optimizer-state"
 toy=""
 if [ -n "${TOY:-}" ]; then
   toy=",--toy"
-  vae_args="--crop,16,--vae-frames,5,--no-optimizer-state"
   export RUN=${RUN:-/tmp/device-plan-toy}
 fi
 run=${RUN:-tools/demo/runs/main}
 
 case "${1:-}" in
 call1)
-  stages="vae:${VAE_MIN:-8.5}:$vae_args$toy"
-  [ -d "$run/text" ] || stages="text:1:${toy#,} $stages"
-  PACK="vae" tools/demo/device_run.sh "$stages" > /dev/null 2>&1
+  # --batch is the low-size batch; the native batch is a quarter of it. --steps: the cosine schedule
+  # follows this call's time budget (a resumed stage would otherwise start half-decayed).
+  PACK="dit" tools/demo/device_run.sh \
+    "dit:${DIT_MIN:-8.5}:--native-from,0,--reuse,4,--batch,$((4 * ${DIT_BATCH:-16})),--steps,1000000$toy" \
+    > /dev/null 2>&1
   echo "training rc $?"
-  timeout 120 "${PY:-python3}" tools/demo/vae_check.py --run "$run" --n 8 > "$OUT/vae_check.json" 2>&1
-  cut -c1-300 "$OUT/vae_check.json"
-  grep -E '"val_psnr"' "$OUT/log.txt" | cut -c1-200 | tail -12
+  grep -E '"dit"' "$OUT/log.txt" | sed -n '1,3p;$p' | cut -c1-300
   ;;
 call2)
-  PACK="dit" tools/demo/device_run.sh "dit:${DIT_MIN:-8.5}:--native-from,0.3,--reuse,4$toy" > /dev/null 2>&1
+  PACK="vae sta" tools/demo/device_run.sh \
+    "vae:${VAE_MIN:-3}:--decoder-only,--crop,128,--batch,8,--vae-frames,9/17,--lr,2e-4,--steps,1000000$toy sta:${STA_MIN:-2.5}:--reuse,2,--no-optimizer-state$toy eval${toy:+:0:--n,2,--steps,2}" \
+    > /dev/null 2>&1
   echo "training rc $?"
-  grep -E '"dit"' "$OUT/log.txt" | tail -3
+  grep -E '"val_psnr"|"dense"|"sta_free"|"sta_tuned"' "$OUT/log.txt" | tail -5 | cut -c1-400
   ;;
 call3)
-  # The demo model's C++ stage times on this GPU (issue 8's <= 3 s per generation): built beside the
-  # training, timed after it (20 steps x the DiT step + the decode; the text encoders take milliseconds).
-  ( [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTAVID_CUDA=ON \
-      -DSTAVID_BUILD_SERVER=OFF -DSTAVID_CUDA_ARCHS=90a > /tmp/bb.log 2>&1
-    cmake --build "$build" -j"$(nproc)" --target bench_dit bench_vae >> /tmp/bb.log 2>&1 ) &
-  benches=$!
-  PACK="sta" tools/demo/device_run.sh "sta:${STA_MIN:-2.5}:--reuse,2,--no-optimizer-state$toy eval${toy:+:0:--n,2,--steps,2}" > /dev/null 2>&1
-  echo "training rc $?"
-  grep -E '"sta"|"dense"|"sta_free"|"sta_tuned"' "$OUT/log.txt" | tail -4 | cut -c1-400
-  if wait "$benches"; then
-    { timeout 60 "$build/bench/bench_dit" --config demo --modes dense,sta_3_3_2 --reps 5
-      timeout 60 "$build/bench/bench_vae" --demo --budgets-gib 4; } | tee "$OUT/demo_cpp_gpu.jsonl" | cut -c1-200
-  else
-    tail -20 /tmp/bb.log
-  fi
+  g=/tmp/g
+  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
+  export LD_LIBRARY_PATH=$g/lib
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
+  # The whole STA suite with the Hopper kernel (variant auto), then every variant on its own cases.
+  timeout 200 $g/bin/test_sta > "$OUT/test_sta_auto.txt" 2>&1; echo "test_sta (auto) rc $?"; tail -3 "$OUT/test_sta_auto.txt"
+  for v in masked lean skip persist deep; do
+    STAVID_STA_HOPPER_VARIANT=$v timeout 60 $g/bin/test_sta --gtest_filter='StaAttentionHopper.*' > "$OUT/test_sta_$v.txt" 2>&1
+    echo "test_sta Hopper $v rc $?"
+  done
+  timeout 120 $g/bin/test_dit > "$OUT/test_dit.txt" 2>&1; echo "test_dit rc $?"; tail -2 "$OUT/test_dit.txt"
+  timeout 200 $g/bin/bench_sta --only paper_333,paper_333_text,720p_688_333,720p_388_333 \
+    --variants auto,skip,deep,persist > "$OUT/bench_sta.jsonl" 2>&1
+  cut -c1-240 "$OUT/bench_sta.jsonl"
+  { timeout 60 $g/bin/bench_dit --config demo --modes dense,sta_3_3_2 --reps 5
+    timeout 60 $g/bin/bench_vae --demo --budgets-gib 4; } | tee "$OUT/demo_cpp_gpu.jsonl" | cut -c1-200
   ;;
 *)
   echo "usage: scripts/device-plan.sh call1|call2|call3" >&2

@@ -21,13 +21,13 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/lib"
 for t in "${targets[@]}"; do
-  f=$(find "$build" -type f -name "$t" -perm -u+x | head -1)
+  f=$(find "$build" -type f -name "$t" -perm -u+x -print -quit)
   [ -n "$f" ] || { echo "gpu-bundle: no binary for target $t" >&2; exit 1; }
   cp "$f" "$stage/bin/"
 done
 # OpenBLAS and its Fortran runtime: everything else the binaries link (CUDA, libstdc++, glibc) is there.
 for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do
-  path=$(ldd "$stage"/bin/* | awk -v l="$lib" '$1 == l { print $3; exit }')
+  path=$(ldd "$stage"/bin/* | awk -v l="$lib" '$1 == l && !seen { print $3; seen = 1 }')
   [ -n "$path" ] && cp -L "$path" "$stage/lib/"
 done
 mkdir -p .gpubin
