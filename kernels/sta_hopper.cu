@@ -452,8 +452,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           uint32_t valid[Cfg::kMaskWords];
           [[maybe_unused]] bool masked = v.needs_mask;
           if constexpr (kMasked) {
-            // The block's valid keys (computed while the stage may still be in use): lane i holds key
-            // 32 w + i of ballot w. Rows past the sequence are invalid (sta_key_valid) and zero in memory.
+            // The block's valid keys, computed while the stage may still be in use (every lane computes
+            // the same words; only lane 0 publishes them). Rows past the sequence are invalid and zero in
+            // memory.
             if (v.needs_mask) {
               // The valid keys are the block's first n (padding last in a tile, sta.h), so the count is
               // the mask: bit i of word w is key 32 w + i.
