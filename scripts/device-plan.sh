@@ -9,7 +9,8 @@
 #                                                         carry ["tools/demo/runs/main"] if cold
 #   call3  the GPU checks of binaries built here by scripts/gpu-bundle.sh (test_sta with the Hopper kernel
 #          and every variant, test_dit, bench_sta on the padded 720p shapes per variant, the demo model's
-#          C++ DiT step and VAE decode).          carry [".gpubin"]; build first:
+#          C++ DiT step and VAE decode; the peers when staged). carry [".gpubin", ".peer"]; first:
+#          make gpu-stage (stages .peer) and
 #          scripts/gpu-bundle.sh test_sta bench_sta test_dit bench_dit bench_vae
 #
 # Unpack calls 1-2 here: cat FILES_AT/run.tar.part-* | tar -x -C tools/demo/runs/main (and delete stale shards:
@@ -57,6 +58,14 @@ call3)
   timeout 240 $g/bin/bench_sta --only paper_333,paper_555,paper_full,paper_333_text,720p_688_333,720p_388_333 \
     --variants auto,skip,deep,persist > "$OUT/bench_sta.jsonl" 2>&1
   cut -c1-240 "$OUT/bench_sta.jsonl"
+  # The peers in the same command (issue 9's ratios), when `make gpu-stage` staged them and .peer is carried.
+  if [ -f .peer/peer_attention.py ]; then
+    shape=(--canvas 30 48 80 --tile 6 8 8 --heads 24 --dim 128 --windows 3,3,3 5,5,5)  # as sta-bench.sh
+    { timeout 150 python3 .peer/peer_attention.py "${shape[@]}"
+      timeout 150 python3 .peer/peer_attention.py "${shape[@]}" --text 256 --text-valid 200; } \
+      > "$OUT/peer_attention.jsonl" 2> "$OUT/peer_attention.err"
+    cut -c1-200 "$OUT/peer_attention.jsonl" | tail -8
+  fi
   { timeout 60 $g/bin/bench_dit --config demo --modes dense,sta_3_3_2 --reps 5
     timeout 60 $g/bin/bench_vae --demo --budgets-gib 4; } | tee "$OUT/demo_cpp_gpu.jsonl" | cut -c1-200
   ;;
