@@ -2,8 +2,9 @@
 # A session's device plan (docs/demo-model.md "Session 5", docs/perf-notes.md "Padding last inside a tile"),
 # three calls, each complete on its own and under the tool's 10 minutes:
 #
-#   call1  the demo DiT resumed at the native size (DIT_MIN, default 8.5; DIT_BATCH, native clips per
-#          step, default 16).
+#   call1  tools/demo/bench_attn.py (dense attention backends at the training shape), then the demo DiT
+#          resumed at the native size with the faster backend (DIT_MIN, default 7.8; DIT_BATCH, native clips
+#          per step, default 16).
 #                                                         carry ["tools/demo/runs/main"]
 #   call2  VAE decoder fine-tuning (encoder frozen), STA fine-tuning, eval.py on the held-out prompts.
 #                                                         carry ["tools/demo/runs/main"] if cold
@@ -33,8 +34,28 @@ case "${1:-}" in
 call1)
   # --batch is the low-size batch; the native batch is a quarter of it. --steps: the cosine schedule
   # follows this call's time budget (a resumed stage would otherwise start half-decayed).
+  # First the dense attention backends at the training shape (about 1 min with Flex's compile): the DiT step
+  # is attention-bound at 2,336 tokens, and the SDPA path with a key mask may not run a flash kernel.
+  impl=auto
+  if [ -z "$toy" ]; then
+    timeout 150 "${PY:-python3}" tools/demo/bench_attn.py > "$OUT/bench_attn.jsonl" 2>&1
+    cut -c1-220 "$OUT/bench_attn.jsonl"
+    impl=$("${PY:-python3}" - "$OUT/bench_attn.jsonl" <<'PYEOF'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    if line.startswith("{"):
+        r = json.loads(line)
+        if "fresh_lens_ms" in r and not r.get("fallback"):
+            rows[r["backend"]] = r["fresh_lens_ms"]
+# Flex only when clearly faster than the masked SDPA that trained run 3's DiT.
+print("flex" if "flex" in rows and rows["flex"] < 0.9 * rows.get("sdpa_mask", float("inf")) else "auto")
+PYEOF
+)
+    echo "attention backend for the DiT stage: $impl"
+  fi
   PACK="dit" tools/demo/device_run.sh \
-    "dit:${DIT_MIN:-8.5}:--native-from,0,--reuse,4,--batch,$((4 * ${DIT_BATCH:-16})),--steps,1000000$toy" \
+    "dit:${DIT_MIN:-7.8}:--native-from,0,--reuse,4,--batch,$((4 * ${DIT_BATCH:-16})),--steps,1000000,--attn-impl,$impl$toy" \
     > /dev/null 2>&1
   echo "training rc $?"
   grep -E '"dit"' "$OUT/log.txt" | sed -n '1,3p;$p' | cut -c1-300

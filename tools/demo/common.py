@@ -472,8 +472,9 @@ class Attention:
     mode "dense": every query sees the image tokens and the valid text tokens (spec 2.4).
     mode "sta":   sta.md sections 3-4 with one window per head (the same window in every layer: the fixed-window
                   recipe), tile in latent tokens, raster token order.
-    impl: "flex" (FlexAttention, GPU, compiled), "sdpa" (torch 2 SDPA with a boolean mask), "math" (explicit
-          masked softmax; torch 1.13 CPU), "auto" = flex for STA on CUDA, sdpa where available, else math.
+    impl: "flex" (FlexAttention, GPU, compiled; dense too: a per-sample key-length block mask), "sdpa" (torch 2
+          SDPA with a boolean mask), "math" (explicit masked softmax; torch 1.13 CPU), "auto" = flex for STA on
+          CUDA, sdpa where available, else math (tools/demo/bench_attn.py times dense sdpa against flex).
     record: keeps each layer's attention output (for the per-layer distillation of STA fine-tuning).
     """
 
@@ -548,13 +549,20 @@ class Attention:
         dev = q.device
         key = (canvas, L, H, B, tuple(text_lens))
         if key not in self._blockmask:
+            tl = torch.tensor(text_lens, device=dev)
+            if self.mode == "dense":
+                # Every query sees the image keys and its sample's valid text keys (one mask for all heads).
+                def dense_mod(b, h, qi, ki):
+                    return (ki < n) | ((ki - n) < tl[b])
+
+                self._blockmask = {key: create_block_mask(dense_mod, B, None, S, S, device=dev)}
+                return _compiled_flex()(q, k, v, block_mask=self._blockmask[key])
             T, Hh, W = canvas
             idx = torch.arange(n, device=dev)
             coords = [idx // (Hh * W) // self.tile[0], (idx // W) % Hh // self.tile[1], idx % W // self.tile[2]]
             grid = [(c + t - 1) // t for c, t in zip(canvas, self.tile)]
             r = torch.tensor([[int(w[d]) // 2 for d in range(3)] for w in self.windows], device=dev)  # [H, 3]
             g = torch.tensor(grid, device=dev)
-            tl = torch.tensor(text_lens, device=dev)
 
             def mask_mod(b, h, qi, ki):
                 qc = qi.clamp(max=n - 1)
