@@ -34,8 +34,8 @@ case "${1:-}" in
 call1)
   # --batch is the low-size batch; the native batch is a quarter of it. --steps: the cosine schedule
   # follows this call's time budget (a resumed stage would otherwise start half-decayed).
-  # First the dense attention backends at the training shape (about 1 min with Flex's compile): the DiT step
-  # is attention-bound at 2,336 tokens, and the SDPA path with a key mask may not run a flash kernel.
+  # First the dense attention backends at the training shape (about 1 min with Flex's compile): attention is
+  # over half of the DiT step's FLOPs at 2,336 tokens, and SDPA with a key mask cannot use the flash kernel.
   impl=auto
   if [ -z "$toy" ]; then
     timeout 150 "${PY:-python3}" tools/demo/bench_attn.py > "$OUT/bench_attn.jsonl" 2>&1
