@@ -132,6 +132,14 @@ STA_HD void sta_tile_extent(const StaGeometry& g, const int32_t c[3], int32_t v[
   }
 }
 
+// In-canvas tokens of a tile (tile_tokens unless the tile is partial): its first slots (see below).
+STA_HD int32_t sta_tile_valid_tokens(const StaGeometry& g, int32_t tile_id) {
+  int32_t c[3], v[3];
+  sta_tile_coords(g, tile_id, &c[0], &c[1], &c[2]);
+  sta_tile_extent(g, c, v);
+  return v[0] * v[1] * v[2];
+}
+
 // In-tile order (spec section 2, extended to padded tiles): the tile's in-canvas tokens first, raster
 // ordered (t, h, w) over the tile's canvas extent v, then its padded slots. For a full tile v = tile, so
 // this is the spec's local_id; for a partial tile the padding fills the tile's last slots, hence whole
@@ -157,10 +165,8 @@ STA_HD bool sta_slot_coords(const StaGeometry& g, int64_t slot, int32_t* t, int3
 // Whether a slot holds a real key: an in-canvas image slot or a valid text slot.
 STA_HD bool sta_key_valid(const StaGeometry& g, int64_t slot) {
   if (slot >= g.img_slots) return slot - g.img_slots < g.text_valid;
-  int32_t c[3], v[3];
-  sta_tile_coords(g, static_cast<int32_t>(slot / g.tile_tokens), &c[0], &c[1], &c[2]);
-  sta_tile_extent(g, c, v);
-  return slot % g.tile_tokens < v[0] * v[1] * v[2];  // in-canvas tokens come first in a tile
+  // In-canvas tokens come first in a tile.
+  return slot % g.tile_tokens < sta_tile_valid_tokens(g, static_cast<int32_t>(slot / g.tile_tokens));
 }
 
 // Valid slots in [start, start + n) for a range inside one tile or inside the text slots (every kernel
@@ -173,10 +179,7 @@ STA_HD int32_t sta_block_valid_count(const StaGeometry& g, int64_t start, int32_
     valid_end = g.img_slots + g.text_valid;
   } else {
     const int32_t tile_id = static_cast<int32_t>(start / g.tile_tokens);
-    int32_t c[3], v[3];
-    sta_tile_coords(g, tile_id, &c[0], &c[1], &c[2]);
-    sta_tile_extent(g, c, v);
-    valid_end = static_cast<int64_t>(tile_id) * g.tile_tokens + v[0] * v[1] * v[2];
+    valid_end = static_cast<int64_t>(tile_id) * g.tile_tokens + sta_tile_valid_tokens(g, tile_id);
   }
   const int64_t k = valid_end - start;
   return k <= 0 ? 0 : (k >= n ? n : static_cast<int32_t>(k));

@@ -32,28 +32,18 @@ run=${RUN:-tools/demo/runs/main}
 
 case "${1:-}" in
 call1)
-  # --batch is the low-size batch; the native batch is a quarter of it. --steps: the cosine schedule
-  # follows this call's time budget (a resumed stage would otherwise start half-decayed).
   # First the dense attention backends at the training shape (about 1 min with Flex's compile): attention is
   # over half of the DiT step's FLOPs at 2,336 tokens, and SDPA with a key mask cannot use the flash kernel.
   impl=auto
   if [ -z "$toy" ]; then
     timeout 150 "${PY:-python3}" tools/demo/bench_attn.py > "$OUT/bench_attn.jsonl" 2>&1
     cut -c1-220 "$OUT/bench_attn.jsonl"
-    impl=$("${PY:-python3}" - "$OUT/bench_attn.jsonl" <<'PYEOF'
-import json, sys
-rows = {}
-for line in open(sys.argv[1]):
-    if line.startswith("{"):
-        r = json.loads(line)
-        if "fresh_lens_ms" in r and not r.get("fallback"):
-            rows[r["backend"]] = r["fresh_lens_ms"]
-# Flex only when clearly faster than the masked SDPA that trained run 3's DiT.
-print("flex" if "flex" in rows and rows["flex"] < 0.9 * rows.get("sdpa_mask", float("inf")) else "auto")
-PYEOF
-)
+    impl=$(sed -n 's/.*"demo_dense_attention_choice", "attn_impl": "\([a-z]*\)".*/\1/p' "$OUT/bench_attn.jsonl")
+    impl=${impl:-auto}
     echo "attention backend for the DiT stage: $impl"
   fi
+  # --batch is the low-size batch; the native batch is a quarter of it. --steps: the cosine schedule
+  # follows this call's time budget (a resumed stage would otherwise start half-decayed).
   PACK="dit" tools/demo/device_run.sh \
     "dit:${DIT_MIN:-7.8}:--native-from,0,--reuse,4,--batch,$((4 * ${DIT_BATCH:-16})),--steps,1000000,--attn-impl,$impl$toy" \
     > /dev/null 2>&1
