@@ -36,7 +36,7 @@ call1)
   # over half of the DiT step's FLOPs at 2,336 tokens, and SDPA with a key mask cannot use the flash kernel.
   impl=auto
   if [ -z "$toy" ]; then
-    timeout 150 "${PY:-python3}" tools/demo/bench_attn.py > "$OUT/bench_attn.jsonl" 2>&1
+    timeout 120 "${PY:-python3}" tools/demo/bench_attn.py > "$OUT/bench_attn.jsonl" 2>&1
     cut -c1-220 "$OUT/bench_attn.jsonl"
     impl=$(sed -n 's/.*"demo_dense_attention_choice", "attn_impl": "\([a-z]*\)".*/\1/p' "$OUT/bench_attn.jsonl")
     impl=${impl:-auto}
@@ -44,17 +44,29 @@ call1)
   fi
   # --batch is the low-size batch; the native batch is a quarter of it. --steps: the cosine schedule
   # follows this call's time budget (a resumed stage would otherwise start half-decayed).
+  # The DiT gets what the call has left after the bench: 575 s of the tool's 600, less about 45 s to load,
+  # save and pack (DIT_MIN overrides).
+  dit_min=${DIT_MIN:-$(awk -v s=$SECONDS 'BEGIN { m = (575 - 45 - s) / 60; printf "%.2f", (m < 1 ? 1 : m) }')}
+  echo "DiT minutes: $dit_min"
   PACK="dit" tools/demo/device_run.sh \
-    "dit:${DIT_MIN:-7.8}:--native-from,0,--reuse,4,--batch,$((4 * ${DIT_BATCH:-16})),--steps,1000000,--attn-impl,$impl$toy" \
+    "dit:${dit_min}:--native-from,0,--reuse,4,--batch,$((4 * ${DIT_BATCH:-16})),--steps,1000000,--attn-impl,$impl$toy" \
     > /dev/null 2>&1
   echo "training rc $?"
   grep -E '"dit"' "$OUT/log.txt" | sed -n '1,3p;$p' | cut -c1-300
   ;;
 call2)
-  PACK="vae sta" tools/demo/device_run.sh \
-    "vae:${VAE_MIN:-3}:--decoder-only,--crop,128,--batch,8,--vae-frames,9/17,--lr,2e-4,--steps,1000000$toy sta:${STA_MIN:-2.5}:--reuse,2,--no-optimizer-state$toy eval${toy:+:0:--n,2,--steps,2}" \
+  # Session 6: the DiT (not the VAE) limits the checker, so the DiT trains on first (DIT2_MIN; DIT2_BATCH
+  # native clips per step: the step is dispatch-bound at 16, so a larger batch costs little more per step),
+  # then STA fine-tuning and eval.py on the held-out prompts. VAE_MIN > 0 adds the decoder fine-tuning first.
+  vae=""
+  if [ "${VAE_MIN:-0}" != 0 ]; then
+    vae="vae:${VAE_MIN}:--decoder-only,--crop,128,--batch,8,--vae-frames,9/17,--lr,2e-4,--steps,1000000$toy "
+  fi
+  PACK="${vae:+vae }dit sta" tools/demo/device_run.sh \
+    "${vae}dit:${DIT2_MIN:-4.2}:--native-from,0,--reuse,6,--batch,$((4 * ${DIT2_BATCH:-32})),--steps,1000000$toy sta:${STA_MIN:-2.3}:--reuse,2,--no-optimizer-state$toy eval${toy:+:0:--n,2,--steps,2}" \
     > /dev/null 2>&1
   echo "training rc $?"
+  grep -E '"stage": "(dit|sta)"' "$OUT/log.txt" | sed -n '1,2p;$p' | cut -c1-300
   grep -E '"val_psnr"|"dense"|"sta_free"|"sta_tuned"' "$OUT/log.txt" | tail -5 | cut -c1-400
   ;;
 call3)
