@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -431,14 +432,63 @@ class VAE(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _rope_complex(x, cos, sin):
+    """hd.apply_rope as one complex multiply (interleaved pairs = real, imaginary): 3 passes over x instead of 8."""
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
+    out = torch.view_as_real(xc * torch.complex(cos.float(), sin.float()))
+    return out.reshape(x.shape).to(x.dtype)
+
+
+def _rms(x, weight, eps=hd.RMS_EPS):
+    if hasattr(F, "rms_norm"):  # torch >= 2.4: one fused kernel
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return hd.rms_norm(x, weight, eps)
+
+
+class FusedTransformer(hd.HunyuanVideoTransformer):
+    """The reference DiT forward (spec 2, same order and math) with fused kernels for training: F.linear (bias
+    in the GEMM epilogue, a bf16 result under autocast instead of an fp32 one), F.layer_norm + addcmul for
+    adaLN, addcmul for the gated residuals, F.rms_norm where torch has it and RoPE as a complex multiply.
+    The demo DiT (hidden size 128) is bound by these elementwise passes, not by its GEMMs or attention
+    (docs/demo-model.md). fp32 on the CPU: within 1e-5 of the reference (smoke_test.py)."""
+
+    def linear(self, x, name, act=None):
+        y = F.linear(x, self.p[name + ".weight"], self.p[name + ".bias"])
+        if act == "gelu_tanh":
+            y = F.gelu(y, approximate="tanh")
+        return self.rnd(y)
+
+    def ln_modulate(self, x, shift, scale):
+        y = F.layer_norm(x, (x.shape[-1],), eps=hd.LN_EPS)
+        return self.rnd(torch.addcmul(shift[:, None, :].to(y.dtype), y, (1.0 + scale[:, None, :]).to(y.dtype)))
+
+    def gated_add(self, x, gate, y):
+        return self.rnd(torch.addcmul(x, gate[:, None, :], y))
+
+    def _qk_prepare(self, q, k, q_norm, k_norm, cos=None, sin=None, n_img=None):
+        q, k = self.rnd(_rms(q, self.p[q_norm])), self.rnd(_rms(k, self.p[k_norm]))
+        if cos is not None:
+            n = q.shape[2] if n_img is None else n_img
+            if n == q.shape[2]:
+                return self.rnd(_rope_complex(q, cos, sin)), self.rnd(_rope_complex(k, cos, sin))
+            q = torch.cat([self.rnd(_rope_complex(q[:, :, :n], cos, sin)), q[:, :, n:]], dim=2)
+            k = torch.cat([self.rnd(_rope_complex(k[:, :, :n], cos, sin)), k[:, :, n:]], dim=2)
+        return q, k
+
+
 class DiT(nn.Module):
-    def __init__(self, cfg: hd.HunyuanVideoConfig, seed: int = 0):
+    """The trainable demo DiT: weights in a ParamSet, forward through the reference transformer (or, with
+    fused=True, FusedTransformer: same math, fewer kernels; the training stages use it)."""
+
+    def __init__(self, cfg: hd.HunyuanVideoConfig, seed: int = 0, fused: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.fused = fused
         self.w = ParamSet(dit_init(cfg, seed))
 
     def forward(self, x, timestep, text, text_mask, pooled, guidance, attention):
-        model = hd.HunyuanVideoTransformer(self.cfg, self.w.dict())
+        cls = FusedTransformer if self.fused else hd.HunyuanVideoTransformer
+        model = cls(self.cfg, self.w.dict())
         return model.forward(x, timestep, text, text_mask, pooled, guidance, attention=attention)
 
 

@@ -8,7 +8,7 @@ training) with fixed seeds, in PyTorch (GPU or CPU), for three attention variant
 
 For each: checker accuracy (tools/demo/checker.py: colour, shape, motion, background), PSNR and SSIM of the
 decoded frames against the dense variant's (same prompt and noise), mean seconds per clip (DiT + VAE decode).
-Writes RUN/eval/report.json and a contact sheet of the first prompts (RUN/eval/sheet_<variant>.npy, uint8).
+Writes RUN/eval/report.json and a contact sheet of the first prompts (RUN/eval/sheet_<variant>.npz, key "sheet", uint8).
 
 Usage: python3 tools/demo/eval.py --run RUN [--n 20] [--steps 20] [--variants dense,sta_free,sta_tuned]
 """
@@ -114,7 +114,7 @@ def main():
             r["ssim_vs_dense"] = float(np.mean([ssim(frames_of["dense"][i], v[i]) for i in range(args.n)]))
         report["variants"][variant] = r
         sheet = (np.concatenate([np.concatenate(list(v[i, ::4]), 1) for i in range(min(4, args.n))], 0) * 255).astype(np.uint8)
-        np.save(os.path.join(args.run, "eval", f"sheet_{variant}.npy"), sheet)
+        np.savez_compressed(os.path.join(args.run, "eval", f"sheet_{variant}.npz"), sheet=sheet)
         print(json.dumps({variant: r}), flush=True)
     with open(os.path.join(args.run, "eval", "report.json"), "w") as f:
         json.dump(report, f, indent=1)

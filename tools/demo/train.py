@@ -317,10 +317,15 @@ class Conditioner:
         return c
 
 
-def _flow_inputs(g, x0, shift, device):
+def _flow_inputs(g, x0, shift, device, g_noise=None):
+    """Flow-matching inputs for clean latents x0. The noise comes from g_noise on the device when given (a
+    CPU draw of a 64-clip latent batch takes about 0.1-0.2 s, as long as the DiT step itself)."""
     B = x0.shape[0]
     sig = C.sample_sigmas(g, B, shift, device)
-    noise = torch.randn(x0.shape, generator=g).to(device)
+    if g_noise is not None:
+        noise = torch.randn(x0.shape, generator=g_noise, device=device)
+    else:
+        noise = torch.randn(x0.shape, generator=g).to(device)
     s = sig.view(B, 1, 1, 1, 1)
     xt = (1 - s) * x0 + s * noise
     guidance = (1.0 + 7.0 * torch.rand(B, generator=g)).to(device) * 1000.0  # not distilled: the DiT learns to ignore it
@@ -330,14 +335,14 @@ def _flow_inputs(g, x0, shift, device):
 def stage_dit(args, spec, device, log, sta: bool = False):
     cond = Conditioner(args.run, spec, device)
     cfg = spec.dit_config()
-    dit = C.DiT(cfg, seed=args.seed).to(device)
+    dit = C.DiT(cfg, seed=args.seed, fused=not args.reference_dit).to(device)
     name = "sta" if sta else "dit"
     folder = os.path.join(args.run, name)
     teacher = None
     if sta:
         t, _ = C.load_tensors(os.path.join(args.run, "dit"), "dit")
         dense_w = {k[2:]: v for k, v in t.items() if k.startswith("w.")}
-        teacher = C.DiT(cfg).to(device)
+        teacher = C.DiT(cfg, fused=not args.reference_dit).to(device)
         teacher.w.load(dense_w)
         teacher.eval().requires_grad_(False)
         dit.w.load(dense_w)
@@ -348,6 +353,7 @@ def stage_dit(args, spec, device, log, sta: bool = False):
     budget = C.Budget(args.minutes)
     total = args.steps or (20 if spec.toy else (1500 if sta else 6000))
     g = _gen(args.seed + (5000 if sta else 2000) + step)
+    g_noise = torch.Generator(device=device).manual_seed(args.seed + (7000 if sta else 3000) + step)
     low = (spec.low_frames, spec.low_height, spec.low_width)
     native = (spec.frames, spec.height, spec.width)
     B_low = args.batch or (2 if spec.toy else 64)
@@ -374,7 +380,7 @@ def stage_dit(args, spec, device, log, sta: bool = False):
                 pool.pop(0)
         else:
             _, x0, c = pool[int(torch.randint(len(pool), (1,), generator=g))]
-        xt, t, target, guidance = _flow_inputs(g, x0, spec.flow_shift, device)
+        xt, t, target, guidance = _flow_inputs(g, x0, spec.flow_shift, device, g_noise)
         with C.autocast(device):
             v = dit(xt, t, c["text"], c["text_mask"], c["pooled"], guidance, student_attn).float()
             data = F.mse_loss(v, target)
@@ -425,6 +431,9 @@ def main():
     ap.add_argument("--vae-frames", default="",
                     help="VAE stage: clip lengths to cycle through (4k+1), e.g. 9,17 or 9/17 (device_run.sh splits on commas)")
     ap.add_argument("--crop", type=int, default=0, help="VAE stage: train on random square crops of this many pixels")
+    ap.add_argument("--reference-dit", action="store_true",
+                    help="DiT/STA stages: train through the reference transformer instead of common.FusedTransformer "
+                         "(same math, more kernels; for comparisons)")
     ap.add_argument("--reuse", type=int, default=1, help="DiT/STA stages: steps per encoded batch (on average)")
     ap.add_argument("--pool", type=int, default=32, help="DiT/STA stages: encoded batches kept for reuse")
     ap.add_argument("--no-optimizer-state", action="store_true", help="checkpoints without the Adam moments")

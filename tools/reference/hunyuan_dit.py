@@ -558,6 +558,16 @@ class HunyuanVideoTransformer:
             y = gelu_tanh(y)
         return self.rnd(y)
 
+    # -- op groups that a subclass may fuse (tools/demo/common.FusedTransformer trains with fused kernels);
+    # here they are composed from the plain ops above, in the spec's order --
+    def ln_modulate(self, x, shift, scale):
+        """adaLN: LN(x) * (1 + scale) + shift, one rounding."""
+        return self.rnd(modulate(layer_norm(x), shift, scale))
+
+    def gated_add(self, x, gate, y):
+        """Gated residual: x + gate * y (gate [B, D] broadcast over the tokens), one rounding."""
+        return self.rnd(x + gate[:, None, :] * y)
+
     def silu(self, x):
         return self.rnd(F.silu(x))
 
@@ -628,10 +638,10 @@ class HunyuanVideoTransformer:
             v = self.heads(self.linear(h, p + "attn.to_v"))
             o = self.merge_heads(self.rnd(masked_attention(q, k, v, M)))
             o = self.linear(o, p + "attn.to_out.0")
-            x = self.rnd(x + gate_msa[:, None, :] * o)
+            x = self.gated_add(x, gate_msa, o)
             h = self.rnd(layer_norm(x, self.p[p + "norm2.weight"], self.p[p + "norm2.bias"]))
             f = self.linear(self.silu(self.linear(h, p + "ff.net.0.proj")), p + "ff.net.2")
-            x = self.rnd(x + gate_mlp[:, None, :] * f)
+            x = self.gated_add(x, gate_mlp, f)
         return x  # 6. [B, L, D]
 
     def _qk_prepare(self, q, k, q_norm, k_norm, cos=None, sin=None, n_img=None):
@@ -649,8 +659,8 @@ class HunyuanVideoTransformer:
         p = f"transformer_blocks.{i}."
         sh1, sc1, g1, sh2, sc2, g2 = self.linear(silu_vec, p + "norm1.linear").chunk(6, dim=-1)
         c_sh1, c_sc1, c_g1, c_sh2, c_sc2, c_g2 = self.linear(silu_vec, p + "norm1_context.linear").chunk(6, dim=-1)
-        hi = self.rnd(modulate(layer_norm(img), sh1, sc1))
-        ht = self.rnd(modulate(layer_norm(txt), c_sh1, c_sc1))
+        hi = self.ln_modulate(img, sh1, sc1)
+        ht = self.ln_modulate(txt, c_sh1, c_sc1)
         qi, ki = self.heads(self.linear(hi, p + "attn.to_q")), self.heads(self.linear(hi, p + "attn.to_k"))
         vi = self.heads(self.linear(hi, p + "attn.to_v"))
         qt, kt = self.heads(self.linear(ht, p + "attn.add_q_proj")), self.heads(self.linear(ht, p + "attn.add_k_proj"))
@@ -660,33 +670,33 @@ class HunyuanVideoTransformer:
         n_img = img.shape[1]
         o = self.rnd(masked_attention(torch.cat([qi, qt], 2), torch.cat([ki, kt], 2), torch.cat([vi, vt], 2), mask))
         o = self.merge_heads(o)
-        img = self.rnd(img + g1[:, None, :] * self.linear(o[:, :n_img], p + "attn.to_out.0"))
-        txt = self.rnd(txt + c_g1[:, None, :] * self.linear(o[:, n_img:], p + "attn.to_add_out"))
-        hi = self.rnd(modulate(layer_norm(img), sh2, sc2))
-        ht = self.rnd(modulate(layer_norm(txt), c_sh2, c_sc2))
+        img = self.gated_add(img, g1, self.linear(o[:, :n_img], p + "attn.to_out.0"))
+        txt = self.gated_add(txt, c_g1, self.linear(o[:, n_img:], p + "attn.to_add_out"))
+        hi = self.ln_modulate(img, sh2, sc2)
+        ht = self.ln_modulate(txt, c_sh2, c_sc2)
         fi = self.linear(self.linear(hi, p + "ff.net.0.proj", act="gelu_tanh"), p + "ff.net.2")
         ft = self.linear(self.linear(ht, p + "ff_context.net.0.proj", act="gelu_tanh"), p + "ff_context.net.2")
-        img = self.rnd(img + g2[:, None, :] * fi)
-        txt = self.rnd(txt + c_g2[:, None, :] * ft)
+        img = self.gated_add(img, g2, fi)
+        txt = self.gated_add(txt, c_g2, ft)
         return img, txt
 
     # -- 2.7 single-stream block --
     def single_block(self, j, x, n_img, silu_vec, cos, sin, mask):
         p = f"single_transformer_blocks.{j}."
         shift, scale, gate = self.linear(silu_vec, p + "norm.linear").chunk(3, dim=-1)
-        h = self.rnd(modulate(layer_norm(x), shift, scale))
+        h = self.ln_modulate(x, shift, scale)
         q, k = self.heads(self.linear(h, p + "attn.to_q")), self.heads(self.linear(h, p + "attn.to_k"))
         v = self.heads(self.linear(h, p + "attn.to_v"))
         mlp = self.linear(h, p + "proj_mlp", act="gelu_tanh")
         q, k = self._qk_prepare(q, k, p + "attn.norm_q.weight", p + "attn.norm_k.weight", cos, sin, n_img)
         o = self.merge_heads(self.rnd(masked_attention(q, k, v, mask)))  # no output projection (pre_only)
         out = self.linear(torch.cat([o, mlp], dim=-1), p + "proj_out")
-        return self.rnd(x + gate[:, None, :] * out)
+        return self.gated_add(x, gate, out)
 
     # -- 2.8 final layer + unpatchify --
     def final_layer(self, img, silu_vec, latent_shape):
         scale, shift = self.linear(silu_vec, "norm_out.linear").chunk(2, dim=-1)  # diffusers rows [scale; shift]
-        y = self.rnd(modulate(layer_norm(img), shift, scale))
+        y = self.ln_modulate(img, shift, scale)
         y = self.linear(y, "proj_out")
         return self.unpatchify(y, latent_shape)
 
@@ -703,7 +713,7 @@ class HunyuanVideoTransformer:
     def teacache_indicator(self, img, silu_vec):
         """Modulated input of dual block 0's image stream: LN(img) * (1 + scale1) + shift1."""
         sh1, sc1 = self.linear(silu_vec, "transformer_blocks.0.norm1.linear").chunk(6, dim=-1)[:2]
-        return self.rnd(modulate(layer_norm(img), sh1, sc1))
+        return self.ln_modulate(img, sh1, sc1)
 
     # -- the whole forward (spec 2 order) --
     def forward(self, x, timestep, text, text_mask, pooled, guidance=None, attention=None,
