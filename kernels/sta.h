@@ -349,11 +349,11 @@ bool sta_hopper_supports(const StaAttentionParams& p);
 
 // Performance variants of the Hopper kernel, chosen with STAVID_STA_HOPPER_VARIANT (issue 9; each
 // adds one change to the previous, docs/perf-notes.md "Hopper kernel" has the rationale and timings):
-// - "masked": every launch runs the masked instance (warp 0 walks the visit list and ballots masks,
-//   consumers read a per-stage flag every visit), as in the kernel of session 3's run 4: the control;
-// - "lean" (the default): launches whose visits need no element mask (canvas divisible by the tile,
-//   text_valid a multiple of the key block) run the unmasked instance: one producer thread, nothing
-//   per visit in the consumers but the wait (the first milestone's loop);
+// - "masked": every launch runs the masked instance (the producer builds masks, consumers read a
+//   per-stage flag every visit), as in the kernel of session 3's run 4: the control;
+// - "lean": launches whose visits need no element mask (canvas divisible by the tile,
+//   text_valid a multiple of the key block) run the unmasked instance: nothing per visit in the
+//   consumers but the wait (the first milestone's loop);
 // - "skip": lean, and the producer drops key blocks with no valid key and query blocks with no
 //   valid row (padded slots only; their output rows are written as zeros, or dropped by o_row_map);
 // - "persist": skip, on a persistent grid (SMs x CTAs per SM, capped by ":N" as in "persist:3")

@@ -14,30 +14,33 @@
 // image blocks head-major (a wave's CTAs share one head's K/V in L2). Either one CTA per item, or
 // (variant "persist") a persistent grid whose CTAs take items from a global counter, the image
 // blocks of the batch x heads with the most visits first. The variants (StaHopperVariant, kernels/
-// sta.h) are picked at run time; two instances per CTA shape:
+// sta.h) are picked at run time; two instances per CTA shape, both with one producer thread that
+// walks THE visit list and loads:
 // - the unmasked one, for launches where no visit needs an element mask (canvas divisible by the
-//   tile, text_valid a multiple of BN): one producer thread walks THE visit list and loads, the
-//   consumers only wait on each stage and run the dense loop a fixed number of times;
-// - the masked one: the producer's warp 0 walks the list and ballots masks, each stage carries a
-//   flag word the consumers test once (mask words read only on masked blocks), and an end-of-item
-//   stage ends the loop, so the producer may drop blocks without a valid key ("skip").
-// - Warpgroup 0, the producer, gives registers back (setmaxnreg.dec). It walks the visit list of
-//   each work item (sta_query_range / sta_visit_at / sta_visit_next, kernels/sta.h, blocks of BN
-//   keys); per item it writes the item's header (HopperItem) into one of the Q buffers (two, or one
-//   with a 3-stage ring) and loads Q there (q_full; the consumers release the buffer on q_empty),
-//   then issues TMA loads (cp.async.bulk.tensor.4d, 128-byte swizzle) of each K and V block into a
-//   ring of 2 stages (3 for the variant "deep" on 128-row CTAs): it waits
-//   on the stage's `empty` mbarrier, arms its `full` mbarrier with the byte count (arrive.expect_tx)
-//   and the TMA completes the transaction.
+//   tile, text_valid a multiple of BN): the consumers only wait on each stage and run the dense loop
+//   a fixed number of times;
+// - the masked one: the producer also builds each masked block's mask from a count of valid keys,
+//   each stage carries a flag word the consumers test once (mask words read only on masked blocks),
+//   and an end-of-item stage ends the loop, so the producer may drop blocks without a valid key
+//   ("skip").
+// - Warpgroup 0, the producer, gives registers back (setmaxnreg.dec). Its thread 0 walks the visit
+//   list of each work item (sta_query_range / sta_visit_at / sta_visit_next, kernels/sta.h, blocks of
+//   BN keys; the other 127 threads exit); per item it writes the item's header (HopperItem) into one
+//   of the Q buffers (two, or one with a 3-stage ring) and loads Q there (q_full; the consumers
+//   release the buffer on q_empty), then issues TMA loads (cp.async.bulk.tensor.4d, 128-byte swizzle)
+//   of each K and V block into a ring of 2 stages (3 for the variant "deep" on 128-row CTAs): it
+//   waits on the stage's `empty` mbarrier, arms its `full` mbarrier with the byte count
+//   (arrive.expect_tx) and the TMA completes the transaction.
 // - Element masks: only the producer knows which visits need them (StaVisit::needs_mask: tiles with
 //   padded slots, the text tail). A tile's padding comes last (sta.h), so a block's valid keys are its
-//   first n (sta_block_valid_count) and the BN-bit valid mask is a prefix; a block with n == BN runs
-//   unmasked. Lane 0 stores the mask with the stage's flag before the arrive on `full` (release; the
-//   consumers' wait acquires it). Keys past the
-//   sequence read as zero (TMA out-of-bounds fill) and are invalid in the mask too; keys that exist
-//   in memory but are invisible (padded slots, text slots past text_valid) are masked. With
-//   skip_empty, a block whose mask is all zero is not loaded at all, and a query block of padded
-//   slots only visits nothing (its rows, dropped by untile, come out as zeros).
+//   first n (sta_block_valid_count) and the BN-bit valid mask is a prefix, built from n by the one
+//   producer thread (no per-key ballots: no warp needed); a block with n == BN runs unmasked. The
+//   producer stores the mask with the stage's flag before the arrive on `full` (release; the
+//   consumers' wait acquires it). Keys past the sequence read as zero (TMA out-of-bounds fill) and are
+//   invalid in the mask too; keys that exist in memory but are invisible (padded slots, text slots
+//   past text_valid) are masked. With skip_empty, a block whose mask is all zero is not loaded at
+//   all, and a query block of padded slots only visits nothing (its rows, dropped by untile, come out
+//   as zeros).
 // - The consumers (setmaxnreg.inc) own 64 query rows each and run a dense loop over the visits.
 //   Per visit: wait `full` (try_wait.parity), S = Q K^T with d / 16 wgmma m64nBNk16 (A and B from
 //   shared memory through matrix descriptors of the 128B-swizzled K-major layout TMA writes); only
@@ -348,8 +351,8 @@ constexpr uint32_t kStageEnd = 2;     // no data: the work item has no more visi
 #endif  // STAVID_HOPPER_DEVICE
 
 // kMasked: the instance for launches with masked visits (kernel comment at the top). The unmasked
-// instance runs launches where no visit needs a mask: one producer thread, and consumers that only
-// wait on each stage (the loop count comes with the work item).
+// instance runs launches where no visit needs a mask: consumers that only wait on each stage (the
+// loop count comes with the work item). Both have one producer thread.
 template <typename Cfg, bool kMasked>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     sta_hopper_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
@@ -389,36 +392,29 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   __syncthreads();
 
   if (wg == 0) {
-    // ---- producer: walks THE visit list of each work item; lane 0 issues the loads ----
+    // ---- producer: one thread walks THE visit list of each work item and issues the loads ----
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    if (threadIdx.x < (kMasked ? 32 : 1)) {
-      const int lane = threadIdx.x;
-      if (lane == 0) {
-        tma_prefetch_desc(&tm_q);
-        tma_prefetch_desc(&tm_k);
-        tma_prefetch_desc(&tm_v);
-      }
+    if (threadIdx.x == 0) {
+      tma_prefetch_desc(&tm_q);
+      tma_prefetch_desc(&tm_k);
+      tma_prefetch_desc(&tm_v);
       uint32_t slot = 0;  // K/V stages filled so far: stage slot % kStages, its (slot / kStages)-th use
       int item = blockIdx.x;
       for (int k = 0;; ++k) {
         const int qb = k % Cfg::kQBufs;
         const uint32_t q_full = q_full0 + 8 * qb;
-        if (lane == 0 && k >= Cfg::kQBufs)  // item k - kQBufs is done with the buffer
+        if (k >= Cfg::kQBufs)  // item k - kQBufs is done with the buffer
           mbar_wait(q_empty0 + 8 * qb, (k / Cfg::kQBufs - 1) & 1);
         if (item >= a.items) {
-          if (lane == 0) {
-            s_item[qb].bh = -1;
-            mbar_arrive(q_full);
-          }
+          s_item[qb].bh = -1;
+          mbar_arrive(q_full);
           break;
         }
         int bh;
         int32_t q_start;
         decode_item<kBM>(a, item, &bh, &q_start);
         const int b = bh / a.heads, h = bh % a.heads;
-        if constexpr (kMasked) __syncwarp();  // every lane is done with the last item's range
-        if (lane == 0) s_range = sta_query_range(g, a.windows[h], q_start);
-        if constexpr (kMasked) __syncwarp();
+        s_range = sta_query_range(g, a.windows[h], q_start);
         const StaTileRange& r = s_range;
         int n_visits = sta_visit_count(g, r, kBN);
         bool load_q = true;
@@ -432,29 +428,26 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
             }
           }
         }
-        if (lane == 0) {
-          s_item[qb] = HopperItem{bh, q_start, n_visits};
-          if (load_q) {
-            mbar_arrive_expect_tx(q_full, Cfg::kQBytes);
+        s_item[qb] = HopperItem{bh, q_start, n_visits};
+        if (load_q) {
+          mbar_arrive_expect_tx(q_full, Cfg::kQBytes);
 #pragma unroll
-            for (int x = 0; x < kBoxes; ++x)
-              tma_load_4d(sq + qb * Cfg::kQBytes + x * Cfg::kQBox, &tm_q, q_full, 64 * x, q_start, h, b);
-          } else {
-            mbar_arrive(q_full);
-          }
-          // The next item, fetched while the Q load flies and the ring is still full of the last
-          // item's blocks; kept in shared memory (the producer has 40 registers).
-          if (a.persistent) s_next = static_cast<int>(gridDim.x) + atomicAdd(a.counter, 1);
+          for (int x = 0; x < kBoxes; ++x)
+            tma_load_4d(sq + qb * Cfg::kQBytes + x * Cfg::kQBox, &tm_q, q_full, 64 * x, q_start, h, b);
+        } else {
+          mbar_arrive(q_full);
         }
+        // The next item, fetched while the Q load flies and the ring is still full of the last
+        // item's blocks; kept in shared memory (the producer has 40 registers).
+        if (a.persistent) s_next = static_cast<int>(gridDim.x) + atomicAdd(a.counter, 1);
         StaVisit v{};
         for (int j = 0; j < n_visits; ++j) {
           v = j == 0 ? sta_visit_at(g, r, kBN, 0) : sta_visit_next(g, r, kBN, j - 1, v);
           uint32_t valid[Cfg::kMaskWords];
           [[maybe_unused]] bool masked = v.needs_mask;
           if constexpr (kMasked) {
-            // The block's valid keys, computed while the stage may still be in use (every lane computes
-            // the same words; only lane 0 publishes them). Rows past the sequence are invalid and zero in
-            // memory.
+            // The block's valid keys, computed before the wait below (while the stage may still be in
+            // use). Rows past the sequence are invalid and zero in memory.
             if (v.needs_mask) {
               // The valid keys are the block's first n (padding last in a tile, sta.h), so the count is
               // the mask: bit i of word w is key 32 w + i.
@@ -470,36 +463,31 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
               masked = n < kBN;
             }
           }
-          if (lane == 0) {
-            const int st = slot % kStages;
-            if (slot >= kStages) mbar_wait(empty0 + 8 * st, (slot / kStages - 1) & 1);
-            if constexpr (kMasked) {
-              s_flags[st] = masked ? kStageMasked : 0;  // published by the arrive below (release)
-              if (masked)
+          const int st = slot % kStages;
+          if (slot >= kStages) mbar_wait(empty0 + 8 * st, (slot / kStages - 1) & 1);
+          if constexpr (kMasked) {
+            s_flags[st] = masked ? kStageMasked : 0;  // published by the arrive below (release)
+            if (masked)
 #pragma unroll
-                for (int w = 0; w < Cfg::kMaskWords; ++w) s_valid[st][w] = valid[w];
-            }
-            const int32_t key = static_cast<int32_t>(v.key_start);
-            const uint32_t bar = full0 + 8 * st;
-            mbar_arrive_expect_tx(bar, 2 * Cfg::kKvBytes);
+              for (int w = 0; w < Cfg::kMaskWords; ++w) s_valid[st][w] = valid[w];
+          }
+          const int32_t key = static_cast<int32_t>(v.key_start);
+          const uint32_t bar = full0 + 8 * st;
+          mbar_arrive_expect_tx(bar, 2 * Cfg::kKvBytes);
 #pragma unroll
-            for (int x = 0; x < kBoxes; ++x) {
-              tma_load_4d(sk + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_k, bar, 64 * x, key, h, b);
-              tma_load_4d(sv + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_v, bar, 64 * x, key, h, b);
-            }
+          for (int x = 0; x < kBoxes; ++x) {
+            tma_load_4d(sk + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_k, bar, 64 * x, key, h, b);
+            tma_load_4d(sv + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_v, bar, 64 * x, key, h, b);
           }
           ++slot;
         }
         if constexpr (kMasked) {
           // The end of the item's visits takes a stage of its own (the consumers release it too).
-          if (lane == 0) {
-            const int st = slot % kStages;
-            if (slot >= kStages) mbar_wait(empty0 + 8 * st, (slot / kStages - 1) & 1);
-            s_flags[st] = kStageEnd;
-            mbar_arrive(full0 + 8 * st);
-          }
+          const int st = slot % kStages;
+          if (slot >= kStages) mbar_wait(empty0 + 8 * st, (slot / kStages - 1) & 1);
+          s_flags[st] = kStageEnd;
+          mbar_arrive(full0 + 8 * st);
           ++slot;
-          __syncwarp();
         }
         item = a.persistent ? s_next : a.items;
       }
