@@ -440,7 +440,9 @@ def _rope_complex(x, cos, sin):
 
 
 def _rms(x, weight, eps=hd.RMS_EPS):
-    if hasattr(F, "rms_norm"):  # torch >= 2.4: one fused kernel
+    """hd.rms_norm in fp32 (as the reference computes it after its fp32 bias add), one kernel where torch has it."""
+    x, weight = x.float(), weight.float()
+    if hasattr(F, "rms_norm"):  # torch >= 2.4
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     return hd.rms_norm(x, weight, eps)
 
@@ -463,7 +465,9 @@ class FusedTransformer(hd.HunyuanVideoTransformer):
         return self.rnd(torch.addcmul(shift[:, None, :].to(y.dtype), y, (1.0 + scale[:, None, :]).to(y.dtype)))
 
     def gated_add(self, x, gate, y):
-        return self.rnd(torch.addcmul(x, gate[:, None, :], y))
+        # The residual streams stay fp32 as in the reference (the text stream starts as a bf16 F.linear output
+        # under autocast; it is 32 tokens, so the cast is cheap).
+        return self.rnd(torch.addcmul(x.float(), gate[:, None, :], y))
 
     def _qk_prepare(self, q, k, q_norm, k_norm, cos=None, sin=None, n_img=None):
         q, k = self.rnd(_rms(q, self.p[q_norm])), self.rnd(_rms(k, self.p[k_norm]))
