@@ -256,6 +256,16 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // A misspelt variant fails here, before any timing (each name is parsed as the kernel will parse it).
+  for (const std::string& v : o.variants) {
+    setenv("STAVID_STA_HOPPER_VARIANT", v.c_str(), 1);
+    try {
+      (void)stavid::detail::sta_hopper_variant();
+    } catch (const stavid::Error& e) {
+      std::fprintf(stderr, "bench_sta: --variants: %s\n", e.what());
+      return 2;
+    }
+  }
   if (!o.cpu && !stavid::rt::cuda_available()) {
     std::fprintf(stderr, "bench_sta: no CUDA device; running the tiny CPU variant\n");
     o.cpu = true;

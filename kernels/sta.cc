@@ -105,9 +105,10 @@ StaHopperVariant sta_hopper_variant() {
   else if (name == "persist") v.kind = StaHopperVariant::Persist;
   else if (name == "deep") v.kind = StaHopperVariant::Deep;
   else if (name == "auto") v.kind = StaHopperVariant::Auto;
+  else if (name == "pingpong") v.kind = StaHopperVariant::PingPong;
   else
     STAVID_THROW(ErrorCode::InvalidArgument, "STAVID_STA_HOPPER_VARIANT=", s,
-                 ": expected auto, masked, lean, skip, persist, persist:N or deep");
+                 ": expected auto, masked, lean, skip, persist, persist:N, deep or pingpong");
   if (name.size() < s.size()) {
     const std::string cap = s.substr(name.size() + 1);
     char* end = nullptr;
@@ -155,6 +156,7 @@ std::string sta_hopper_variant_name(const StaHopperVariant& v) {
       return v.max_ctas > 0 ? "persist:" + std::to_string(v.max_ctas) : std::string("persist");
     case StaHopperVariant::Deep: return "deep";
     case StaHopperVariant::Auto: return "auto";
+    case StaHopperVariant::PingPong: return "pingpong";
   }
   return "?";
 }

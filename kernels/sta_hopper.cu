@@ -14,8 +14,8 @@
 // image blocks head-major (a wave's CTAs share one head's K/V in L2). Either one CTA per item, or
 // (variant "persist") a persistent grid whose CTAs take items from a global counter, the image
 // blocks of the batch x heads with the most visits first. The variants (StaHopperVariant, kernels/
-// sta.h) are picked at run time; two instances per CTA shape, both with one producer thread that
-// walks THE visit list and loads:
+// sta.h) are picked at run time; two instances per CTA shape and ring depth (and per ping-pong
+// setting on 128-row CTAs), all with one producer thread that walks THE visit list and loads:
 // - the unmasked one, for launches where no visit needs an element mask (canvas divisible by the
 //   tile, text_valid a multiple of BN): the consumers only wait on each stage and run the dense loop
 //   a fixed number of times;
@@ -56,7 +56,11 @@
 // 128 bytes apart and the swizzle repeats every 8 rows (1024 bytes), so every region is 1024-byte
 // aligned. d = 128, BN = 128: 2 x 32 KB + 2 x 64 KB, or 32 KB + 3 x 64 KB ("deep").
 //
-// Not yet here: consumer ping-pong, more stages, lazy rescaling, a TMA store.
+// - Variant "pingpong" (128-row CTAs): the two consumer warpgroups take turns on the tensor cores
+//   through two named barriers, so one runs its softmax while the other's P V and next Q K^T run
+//   (protocol at the kernel's template).
+// Not yet here: the intra-warpgroup overlap (tried: registers, docs/perf-notes.md), lazy rescaling, a
+// TMA store.
 #include <cuda.h>  // CUtensorMap and its enums only: the driver entry point is fetched at run time
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -225,6 +229,21 @@ __device__ __forceinline__ void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 
+// Named barrier `id` over kThreads threads (bar.sync / bar.arrive, both .aligned: every thread of a
+// warp executes them); id 0 is __syncthreads. bar.arrive does not wait; bar.sync waits until kThreads
+// threads have arrived or synced since the barrier's last completion. The id is a register operand,
+// so ptxas reports all 16 barriers as used (only the 128-row CTAs use it, one per SM anyway); the
+// alternative, immediate ids behind a branch on the warpgroup, made the masked d = 128 ping-pong
+// instance spill (16-36 bytes).
+template <uint32_t kThreads>
+__device__ __forceinline__ void named_bar_sync(uint32_t id) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
+}
+template <uint32_t kThreads>
+__device__ __forceinline__ void named_bar_arrive(uint32_t id) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
+}
+
 // ---- wgmma (fp32 accumulators, bf16 or fp16 inputs) ----
 
 // "+f" operands over 32 or 64 consecutive accumulator floats, and their register lists in the asm.
@@ -348,12 +367,37 @@ struct HopperItem {
 // Per K/V stage, masked instance: what the consumers do with it.
 constexpr uint32_t kStageMasked = 1;  // apply the stage's valid mask
 constexpr uint32_t kStageEnd = 2;     // no data: the work item has no more visits
+// Ping-pong (kPingPong): consumer warpgroup cw's turn is named barrier kBarTurn0 + cw, over the
+// 2 x 128 consumer threads. Id 0 is __syncthreads; the kernel uses no other named barrier.
+constexpr uint32_t kBarTurn0 = 1, kTurnThreads = 256;
+__device__ __forceinline__ void turn_wait(int cw) {  // until warpgroup cw's turn
+  named_bar_sync<kTurnThreads>(kBarTurn0 + cw);
+}
+__device__ __forceinline__ void turn_pass(int cw) {  // from warpgroup cw to the other
+  named_bar_arrive<kTurnThreads>(kBarTurn0 + 1 - cw);
+}
 #endif  // STAVID_HOPPER_DEVICE
 
 // kMasked: the instance for launches with masked visits (kernel comment at the top). The unmasked
 // instance runs launches where no visit needs a mask: consumers that only wait on each stage (the
 // loop count comes with the work item). Both have one producer thread.
-template <typename Cfg, bool kMasked>
+// kPingPong (variant "pingpong", 128-row CTAs only): the two consumer warpgroups take turns on the
+// tensor cores, FA3's inter-warpgroup schedule (its warp_scheduler_barrier_sync / _arrive without the
+// intra-warpgroup overlap). A warpgroup's turn covers its P V of one visit and its Q K^T of the next:
+// it syncs on its own named barrier (kBarTurn0 + cw) before each P V, and arrives on the other's
+// right after issuing each Q K^T, so that one warpgroup's GEMMs run while the other runs its softmax.
+// Once per CTA, before its first item, cw 1 arrives on turn 0 (cw 0 goes first; FA3's mma_init). Then
+// per work item, both warpgroups alike (n visits = K/V blocks with data; the masked instance's
+// end-of-item stage is not one and touches no turn):
+//   sync(own turn); n x [Q K^T, arrive(other's turn), softmax, sync(own turn), P V]; arrive(other's turn)
+// So per item each warpgroup syncs n + 1 times on its turn and the other arrives n + 1 times on it
+// (0 visits included: one sync and one arrive each); the turns strictly alternate, so a barrier never
+// holds the arrivals of two phases. The one extra arrival (the start's) moves from item to item: cw 1's
+// arrive at the end of an item is what cw 0's sync at the start of the next one consumes (persistent
+// grid), and after the last item it stays pending on turn 0 at exit (as in FA3: every bar.sync has its
+// arrivals; the barrier state goes with the CTA). No register is added beyond the barrier id: S still
+// becomes P in place before P V (no second S accumulator).
+template <typename Cfg, bool kMasked, bool kPingPong = false>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     sta_hopper_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                       const __grid_constant__ CUtensorMap tm_v,
@@ -361,6 +405,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
 #if defined(STAVID_HOPPER_DEVICE)
   using T = typename Cfg::Type;
   constexpr int kD = Cfg::kD, kBM = Cfg::kBM, kBN = Cfg::kBN, kBoxes = Cfg::kBoxes, kStages = Cfg::kStages;
+  static_assert(!kPingPong || Cfg::kConsumers == 2, "ping-pong needs two consumer warpgroups");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   // full[kStages], empty[kStages], q_full[kQBufs], q_empty[kQBufs]
   __shared__ __align__(8) uint64_t bars[2 * (kStages + Cfg::kQBufs)];
@@ -501,11 +546,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int32_t seq_len = static_cast<int32_t>(g.seq_len());
   uint32_t slot = 0;  // K/V stages consumed so far, as the producer counts them
+  if constexpr (kPingPong)
+    if (cw == 1) turn_pass(1);  // the first turn is cw 0's
   for (int k = 0;; ++k) {
     const int qb = k % Cfg::kQBufs;
     mbar_wait(q_full0 + 8 * qb, (k / Cfg::kQBufs) & 1);
     const HopperItem it = s_item[qb];
     if (it.bh < 0) break;
+    if constexpr (kPingPong) turn_wait(cw);  // this item's first turn (protocol at the template)
     const uint32_t sqb = sq + qb * Cfg::kQBytes;
     float o[kD / 2], s[kBN / 2];
 #pragma unroll
@@ -533,6 +581,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       for (int ks = 0; ks < kD / 16; ++ks)
         wgmma_ss<T, kBN>(s, desc_q<Cfg>(sqb, cw, ks), desc_k<Cfg>(skj, ks), ks > 0);
       wgmma_commit();
+      // Ping-pong: Q K^T is issued, the turn passes to the other warpgroup (its P V and next Q K^T
+      // queue behind this Q K^T while this warpgroup runs the softmax).
+      if constexpr (kPingPong) turn_pass(cw);
       wgmma_wait<0>();
       fence_regs(s);
 
@@ -593,6 +644,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
         pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
       }
+      // Ping-pong: wait for this warpgroup's turn (the other has issued its Q K^T), which lasts
+      // through this P V and the next visit's Q K^T.
+      if constexpr (kPingPong) turn_wait(cw);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBN / 16; ++kk) wgmma_rs<T, kD>(o, pa[kk], desc_v<Cfg>(svj, kk));
@@ -601,6 +655,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       fence_regs(o);
       mbar_arrive(empty0 + 8 * st);  // this thread's reads of the stage are done
     }
+    // Ping-pong: this warpgroup's last turn of the item is over (its last P V has completed).
+    if constexpr (kPingPong) turn_pass(cw);
     mbar_arrive(q_empty0 + 8 * qb);  // the item's last Q K^T has completed: the buffer is free
 
     // Epilogue: normalize and store pairs straight from the accumulator fragment.
@@ -681,10 +737,10 @@ int32_t* persistent_counter(cudaStream_t stream) {
 }
 
 // Launches one kernel instance, with the variant's options, for params the selector accepted.
-template <typename Cfg, bool kMasked>
+template <typename Cfg, bool kMasked, bool kPingPong>
 void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
   using T = typename Cfg::Type;
-  auto kernel = sta_hopper_kernel<Cfg, kMasked>;
+  auto kernel = sta_hopper_kernel<Cfg, kMasked, kPingPong>;
   static std::atomic<uint64_t> configured{0};
   cuda::once_per_device(configured, p.device.index, [&] {
     STAVID_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
@@ -714,7 +770,7 @@ void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cud
   const float scale = p.softmax_scale > 0.f ? p.softmax_scale : 1.f / sqrtf(static_cast<float>(p.head_dim));
   a.scale_log2 = scale * 1.4426950408889634f;
   a.skip_empty = var.kind == StaHopperVariant::Skip || var.kind == StaHopperVariant::Persist ||
-                 var.kind == StaHopperVariant::Deep;
+                 var.kind == StaHopperVariant::Deep || var.kind == StaHopperVariant::PingPong;
   a.persistent = var.kind == StaHopperVariant::Persist;
   int64_t ctas = items;
   if (a.persistent) {
@@ -748,16 +804,17 @@ void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cud
 }
 
 // The unmasked instance unless the variant is "masked" or a visit needs a mask.
-template <typename Cfg>
+template <typename Cfg, bool kPingPong = false>
 void launch_hopper_masking(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
   if (var.kind == StaHopperVariant::Masked || sta_hopper_needs_masks(p.geom, Cfg::kBN))
-    launch_hopper<Cfg, true>(p, var, stream);
+    launch_hopper<Cfg, true, kPingPong>(p, var, stream);
   else
-    launch_hopper<Cfg, false>(p, var, stream);
+    launch_hopper<Cfg, false, kPingPong>(p, var, stream);
 }
 
-// 128-row CTAs for tiles of a multiple of 128 tokens (a 3-stage ring for the variant "deep"),
-// 64-row CTAs (two per SM, whose shared memory leaves no room for a third stage) otherwise.
+// 128-row CTAs for tiles of a multiple of 128 tokens (a 3-stage ring for the variant "deep", the
+// consumers' ping-pong for "pingpong"), 64-row CTAs (two per SM, whose shared memory leaves no room
+// for a third stage; one consumer warpgroup, so "pingpong" runs them as "skip") otherwise.
 template <typename T, int kD>
 void launch_hopper_for(const StaAttentionParams& p, StaHopperVariant var, cudaStream_t stream) {
   using Rows64 = HopperCfg<T, kD, 1, 64>;
@@ -766,6 +823,7 @@ void launch_hopper_for(const StaAttentionParams& p, StaHopperVariant var, cudaSt
   var = sta_hopper_resolve(p, var);
   if (p.geom.tile_tokens % 128 != 0) launch_hopper_masking<Rows64>(p, var, stream);
   else if (var.kind == StaHopperVariant::Deep) launch_hopper_masking<HopperCfg<T, kD, 2, 128, 3>>(p, var, stream);
+  else if (var.kind == StaHopperVariant::PingPong) launch_hopper_masking<Rows128, true>(p, var, stream);
   else launch_hopper_masking<Rows128>(p, var, stream);
 }
 

@@ -1050,7 +1050,7 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
     ScopedEnv unset("STAVID_STA_HOPPER_VARIANT", "");
     EXPECT_EQ(detail::sta_hopper_variant().kind, detail::StaHopperVariant::Auto) << "the default";
   }
-  for (const char* name : {"auto", "masked", "lean", "skip", "persist", "persist:3", "deep"}) {
+  for (const char* name : {"auto", "masked", "lean", "skip", "persist", "persist:3", "deep", "pingpong"}) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", name);
     EXPECT_EQ(detail::sta_hopper_variant_name(detail::sta_hopper_variant()), name);
   }
@@ -1058,7 +1058,8 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", "persist:3");
     EXPECT_EQ(detail::sta_hopper_variant().max_ctas, 3);
   }
-  for (const char* bad : {"fast", "lean:2", "auto:1", "persist:0", "persist:", "persist:3x", "deep:2"}) {
+  for (const char* bad : {"fast", "lean:2", "auto:1", "persist:0", "persist:", "persist:3x", "deep:2", "pingpong:2",
+                          "ping-pong"}) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", bad);
     EXPECT_THROW(detail::sta_hopper_variant(), Error) << bad;
   }
@@ -1091,6 +1092,9 @@ TEST(StaSelector, HopperAutoResolution) {
   V lean;
   lean.kind = V::Lean;
   EXPECT_EQ(resolve(geom({33, 45, 80}, {6, 8, 8}), &mixed, lean), V::Lean) << "a named variant stays";
+  V pingpong;
+  pingpong.kind = V::PingPong;
+  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}), &same, pingpong), V::PingPong) << "named, it stays";
   EXPECT_TRUE(detail::sta_hopper_needs_masks(geom({10, 48, 80}, {2, 8, 8}, 77, 50), detail::kHopperKeyBlock64));
   EXPECT_FALSE(detail::sta_hopper_needs_masks(geom({10, 48, 80}, {2, 8, 8}, 128, 64), detail::kHopperKeyBlock64));
   EXPECT_TRUE(detail::sta_hopper_needs_masks(geom({10, 48, 80}, {2, 8, 8}, 128, 64), detail::kHopperKeyBlock128));
@@ -1106,7 +1110,7 @@ TEST(StaSelector, HopperAutoResolution) {
   const char* env = std::getenv("STAVID_STA_HOPPER_VARIANTS");
   std::vector<std::string> vs;
   std::string cur;
-  for (const char* ch = env ? env : "auto masked lean skip persist persist:3 deep";; ++ch) {
+  for (const char* ch = env ? env : "auto masked lean skip persist persist:3 deep pingpong";; ++ch) {
     if (*ch == ' ' || *ch == ',' || *ch == '\0') {
       if (!cur.empty()) vs.push_back(cur);
       cur.clear();
