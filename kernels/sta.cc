@@ -106,9 +106,10 @@ StaHopperVariant sta_hopper_variant() {
   else if (name == "deep") v.kind = StaHopperVariant::Deep;
   else if (name == "auto") v.kind = StaHopperVariant::Auto;
   else if (name == "pingpong") v.kind = StaHopperVariant::PingPong;
+  else if (name == "pingpong-deep") v.kind = StaHopperVariant::PingPongDeep;
   else
     STAVID_THROW(ErrorCode::InvalidArgument, "STAVID_STA_HOPPER_VARIANT=", s,
-                 ": expected auto, masked, lean, skip, persist, persist:N, deep or pingpong");
+                 ": expected auto, masked, lean, skip, persist, persist:N, deep, pingpong or pingpong-deep");
   if (name.size() < s.size()) {
     const std::string cap = s.substr(name.size() + 1);
     char* end = nullptr;
@@ -157,6 +158,7 @@ std::string sta_hopper_variant_name(const StaHopperVariant& v) {
     case StaHopperVariant::Deep: return "deep";
     case StaHopperVariant::Auto: return "auto";
     case StaHopperVariant::PingPong: return "pingpong";
+    case StaHopperVariant::PingPongDeep: return "pingpong-deep";
   }
   return "?";
 }

@@ -365,12 +365,14 @@ bool sta_hopper_supports(const StaAttentionParams& p);
 // - "pingpong": skip, with FA3's inter-warpgroup ping-pong on 128-row CTAs: the two consumer
 //   warpgroups take turns (named barriers) so that one's GEMMs run while the other runs its softmax;
 //   64-row CTAs (one consumer warpgroup) run as "skip". Not chosen by "auto" (not yet timed);
+// - "pingpong-deep": pingpong on deep's 3-stage ring (the turns halve the producer's window to refill
+//   a stage; 64-row CTAs run as "skip"). Not chosen by "auto" (not yet timed);
 // - "auto" (the default): per launch, the variant measured fastest on launches of its kind (session 4,
 //   docs/perf-notes.md): "deep" when a visit needs a mask on 128-row CTAs (text slots not filling key
 //   blocks, padded canvases), else "persist" when the heads' windows differ (host_windows; the
 //   longest-first order balances them), else "skip".
 struct StaHopperVariant {
-  enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep, Auto, PingPong } kind = Auto;
+  enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep, Auto, PingPong, PingPongDeep } kind = Auto;
   int32_t max_ctas = 0;  // "persist:N": at most N CTAs (0: no cap); tests use it to give CTAs many items
 };
 // Parses STAVID_STA_HOPPER_VARIANT (unset or empty: auto); throws InvalidArgument on an unknown name.

@@ -770,7 +770,8 @@ void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cud
   const float scale = p.softmax_scale > 0.f ? p.softmax_scale : 1.f / sqrtf(static_cast<float>(p.head_dim));
   a.scale_log2 = scale * 1.4426950408889634f;
   a.skip_empty = var.kind == StaHopperVariant::Skip || var.kind == StaHopperVariant::Persist ||
-                 var.kind == StaHopperVariant::Deep || var.kind == StaHopperVariant::PingPong;
+                 var.kind == StaHopperVariant::Deep || var.kind == StaHopperVariant::PingPong ||
+                 var.kind == StaHopperVariant::PingPongDeep;
   a.persistent = var.kind == StaHopperVariant::Persist;
   int64_t ctas = items;
   if (a.persistent) {
@@ -813,8 +814,8 @@ void launch_hopper_masking(const StaAttentionParams& p, const StaHopperVariant& 
 }
 
 // 128-row CTAs for tiles of a multiple of 128 tokens (a 3-stage ring for the variant "deep", the
-// consumers' ping-pong for "pingpong"), 64-row CTAs (two per SM, whose shared memory leaves no room
-// for a third stage; one consumer warpgroup, so "pingpong" runs them as "skip") otherwise.
+// consumers' ping-pong for "pingpong", both for "pingpong-deep"), 64-row CTAs (two per SM, whose shared memory leaves no room
+// for a third stage; one consumer warpgroup, so the ping-pong variants run them as "skip") otherwise.
 template <typename T, int kD>
 void launch_hopper_for(const StaAttentionParams& p, StaHopperVariant var, cudaStream_t stream) {
   using Rows64 = HopperCfg<T, kD, 1, 64>;
@@ -824,6 +825,8 @@ void launch_hopper_for(const StaAttentionParams& p, StaHopperVariant var, cudaSt
   if (p.geom.tile_tokens % 128 != 0) launch_hopper_masking<Rows64>(p, var, stream);
   else if (var.kind == StaHopperVariant::Deep) launch_hopper_masking<HopperCfg<T, kD, 2, 128, 3>>(p, var, stream);
   else if (var.kind == StaHopperVariant::PingPong) launch_hopper_masking<Rows128, true>(p, var, stream);
+  else if (var.kind == StaHopperVariant::PingPongDeep)
+    launch_hopper_masking<HopperCfg<T, kD, 2, 128, 3>, true>(p, var, stream);
   else launch_hopper_masking<Rows128>(p, var, stream);
 }
 

@@ -1050,7 +1050,8 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
     ScopedEnv unset("STAVID_STA_HOPPER_VARIANT", "");
     EXPECT_EQ(detail::sta_hopper_variant().kind, detail::StaHopperVariant::Auto) << "the default";
   }
-  for (const char* name : {"auto", "masked", "lean", "skip", "persist", "persist:3", "deep", "pingpong"}) {
+  for (const char* name :
+       {"auto", "masked", "lean", "skip", "persist", "persist:3", "deep", "pingpong", "pingpong-deep"}) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", name);
     EXPECT_EQ(detail::sta_hopper_variant_name(detail::sta_hopper_variant()), name);
   }
@@ -1059,7 +1060,7 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
     EXPECT_EQ(detail::sta_hopper_variant().max_ctas, 3);
   }
   for (const char* bad : {"fast", "lean:2", "auto:1", "persist:0", "persist:", "persist:3x", "deep:2", "pingpong:2",
-                          "ping-pong"}) {
+                          "ping-pong", "pingpong-deep:2"}) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", bad);
     EXPECT_THROW(detail::sta_hopper_variant(), Error) << bad;
   }
@@ -1110,7 +1111,7 @@ TEST(StaSelector, HopperAutoResolution) {
   const char* env = std::getenv("STAVID_STA_HOPPER_VARIANTS");
   std::vector<std::string> vs;
   std::string cur;
-  for (const char* ch = env ? env : "auto masked lean skip persist persist:3 deep pingpong";; ++ch) {
+  for (const char* ch = env ? env : "auto masked lean skip persist persist:3 deep pingpong pingpong-deep";; ++ch) {
     if (*ch == ' ' || *ch == ',' || *ch == '\0') {
       if (!cur.empty()) vs.push_back(cur);
       cur.clear();
