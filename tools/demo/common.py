@@ -644,6 +644,26 @@ def psnr_from_mse(mse: float) -> float:
     return 10.0 * math.log10(4.0 / max(float(mse), 1e-12))
 
 
+def frames_psnr(a, b) -> float:
+    """PSNR in dB of decoded frames [F, H, W, 3] in [0, 1] (peak 1) against reference frames."""
+    mse = float(((torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def frames_ssim(a, b) -> float:
+    """Mean SSIM over frames and channels of frames [F, H, W, 3] in [0, 1], 8x8 box window."""
+    x = torch.as_tensor(a).float().permute(0, 3, 1, 2)
+    y = torch.as_tensor(b).float().permute(0, 3, 1, 2)
+    k = 8
+    mu_x, mu_y = F.avg_pool2d(x, k, 1), F.avg_pool2d(y, k, 1)
+    sxx = F.avg_pool2d(x * x, k, 1) - mu_x ** 2
+    syy = F.avg_pool2d(y * y, k, 1) - mu_y ** 2
+    sxy = F.avg_pool2d(x * y, k, 1) - mu_x * mu_y
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    return float(s.mean())
+
+
 def video_psnr(rec: torch.Tensor, ref: torch.Tensor) -> float:
     """PSNR in dB of a reconstruction in about [-1, 1] (clamped) against its reference."""
     return psnr_from_mse(((rec.float().clamp(-1, 1) - ref.float()) ** 2).mean())

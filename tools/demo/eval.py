@@ -27,27 +27,6 @@ import dataset as D
 import train as TR
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM over frames and channels with an 8x8 box window (values in [0, 1])."""
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(a).float().permute(0, 3, 1, 2)
-    y = torch.from_numpy(b).float().permute(0, 3, 1, 2)
-    k = 8
-    mu_x, mu_y = F.avg_pool2d(x, k, 1), F.avg_pool2d(y, k, 1)
-    sxx = F.avg_pool2d(x * x, k, 1) - mu_x ** 2
-    syy = F.avg_pool2d(y * y, k, 1) - mu_y ** 2
-    sxy = F.avg_pool2d(x * y, k, 1) - mu_x * mu_y
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return float(s.mean())
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True)
@@ -110,8 +89,8 @@ def main():
         r = {k: float(np.mean([x[k] for x in res])) for k in ("pass", "colour", "shape", "motion", "background")}
         r["seconds_per_clip"] = secs / args.n
         if "dense" in frames_of and variant != "dense":
-            r["psnr_vs_dense"] = float(np.mean([min(99.0, psnr(frames_of["dense"][i], v[i])) for i in range(args.n)]))
-            r["ssim_vs_dense"] = float(np.mean([ssim(frames_of["dense"][i], v[i]) for i in range(args.n)]))
+            r["psnr_vs_dense"] = float(np.mean([min(99.0, C.frames_psnr(frames_of["dense"][i], v[i])) for i in range(args.n)]))
+            r["ssim_vs_dense"] = float(np.mean([C.frames_ssim(frames_of["dense"][i], v[i]) for i in range(args.n)]))
         report["variants"][variant] = r
         sheet = (np.concatenate([np.concatenate(list(v[i, ::4]), 1) for i in range(min(4, args.n))], 0) * 255).astype(np.uint8)
         np.savez_compressed(os.path.join(args.run, "eval", f"sheet_{variant}.npz"), sheet=sheet)

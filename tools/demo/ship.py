@@ -12,10 +12,15 @@ Exits 1 when parity fails (nothing in demo.json changes then).
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common as C  # noqa: E402
 import export as X  # noqa: E402
 import parity as P  # noqa: E402
 
@@ -36,9 +41,12 @@ def rebase(entry: dict, prefix: str) -> dict:
     return out
 
 
-def check(config: str, prompts_file: str, n: int, sta: str, bin_dir: str) -> dict:
+def check(config: str, prompts_file: str, n: int, sta: str, bin_dir: str, work: str) -> dict:
+    """check_video.py on the first n held-out prompts with one attention variant; its decoded frames stay in
+    work (clipNN.npy) for the comparison with the dense variant."""
     cmd = [sys.executable, os.path.join(HERE, "check_video.py"), "--config", config, "--model", "demo",
-           "--prompts-file", prompts_file, "--limit", str(n), "--bin-dir", bin_dir, "--min-pass", "0"]
+           "--prompts-file", prompts_file, "--limit", str(n), "--bin-dir", bin_dir, "--min-pass", "0",
+           "--work", work]
     if sta:
         cmd += ["--sta", sta]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -46,6 +54,18 @@ def check(config: str, prompts_file: str, n: int, sta: str, bin_dir: str) -> dic
         raise RuntimeError(f"check_video failed ({r.returncode}): {r.stderr.strip()}")
     lines = [json.loads(t) for t in r.stdout.splitlines() if t.startswith("{")]
     return {"summary": lines[-1]["summary"], "clips": lines[:-1]}
+
+
+def vs_dense(dense_dir: str, variant_dir: str, n: int) -> dict:
+    """Mean PSNR (capped at 99 dB) and SSIM of a variant's decoded clips against the dense variant's (same
+    prompts and seeds)."""
+    ps, ss = [], []
+    for i in range(n):
+        a = np.load(os.path.join(dense_dir, f"clip{i:02d}.npy")).astype(np.float32) / 255.0
+        b = np.load(os.path.join(variant_dir, f"clip{i:02d}.npy")).astype(np.float32) / 255.0
+        ps.append(min(99.0, C.frames_psnr(a, b)))
+        ss.append(C.frames_ssim(a, b))
+    return {"psnr_vs_dense": round(float(np.mean(ps)), 2), "ssim_vs_dense": round(float(np.mean(ss)), 4)}
 
 
 def main():
@@ -88,10 +108,17 @@ def main():
         variants = {"dense": "dense", "sta_fixed": ""}
         if "strategies" in entry:
             variants["sta_calibrated"] = "strategy:calibrated"
-        report = {"prompts": args.eval, "variants": {}}
-        for name, sta in variants.items():
-            report["variants"][name] = check(config, prompts, args.eval, sta, args.bin_dir)
-            print(json.dumps({name: report["variants"][name]["summary"]}), flush=True)
+        report = {"prompts": args.eval, "dit_checkpoint": info["dit_checkpoint"], "variants": {}}
+        frames = tempfile.mkdtemp(prefix="stavid-ship-eval-")
+        try:
+            for name, sta in variants.items():
+                r = check(config, prompts, args.eval, sta, args.bin_dir, os.path.join(frames, name))
+                if name != "dense":
+                    r["summary"].update(vs_dense(os.path.join(frames, "dense"), os.path.join(frames, name), args.eval))
+                report["variants"][name] = r
+                print(json.dumps({name: r["summary"]}), flush=True)
+        finally:
+            shutil.rmtree(frames, ignore_errors=True)
         with open(os.path.join(out, "eval_cpp.json"), "w") as f:
             json.dump(report, f, indent=1)
             f.write("\n")
