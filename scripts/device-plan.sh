@@ -16,6 +16,12 @@
 #          carry [".gpubin", ".peer"]; first: make gpu-stage (stages .peer) and
 #          AB_REF=<ref> scripts/gpu-bundle.sh test_sta bench_sta test_dit bench_dit bench_vae
 #
+# After call2, here: /usr/bin/python3 tools/demo/ship.py --run tools/demo/runs/main --calibrate-prompts 4 --eval 20
+# (export, parity, calibration, demo.json, the product per attention variant), then
+# tools/demo/model_card.py --run tools/demo/runs/main --model deploy/models/demo-model for the card's table.
+# If call2's eval shows fine-tuned STA well under 90%, a second DiT call (call1 again, then call2) may serve
+# issue 8 better than call3.
+#
 # Unpack calls 1-2 here: cat FILES_AT/run.tar.part-* | tar -x -C tools/demo/runs/main (and delete stale shards:
 # a stage's save removes its old shards only on the machine that saved). A call returns at most about 60 MiB:
 # call2 packs dit (34 MB with its optimizer state), sta (17.5 MB) and eval (report + compressed sheets).
