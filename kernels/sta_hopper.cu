@@ -769,9 +769,8 @@ void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cud
   a.items = static_cast<int32_t>(items);
   const float scale = p.softmax_scale > 0.f ? p.softmax_scale : 1.f / sqrtf(static_cast<float>(p.head_dim));
   a.scale_log2 = scale * 1.4426950408889634f;
-  a.skip_empty = var.kind == StaHopperVariant::Skip || var.kind == StaHopperVariant::Persist ||
-                 var.kind == StaHopperVariant::Deep || var.kind == StaHopperVariant::PingPong ||
-                 var.kind == StaHopperVariant::PingPongDeep;
+  // Every variant after "lean" drops empty blocks (var is resolved: never "auto" here).
+  a.skip_empty = var.kind != StaHopperVariant::Masked && var.kind != StaHopperVariant::Lean;
   a.persistent = var.kind == StaHopperVariant::Persist;
   int64_t ctas = items;
   if (a.persistent) {

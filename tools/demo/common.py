@@ -596,43 +596,45 @@ class Attention:
         return out
 
     def _flex(self, q, k, v, canvas, L, text_lens):
-        from torch.nn.attention.flex_attention import create_block_mask
-
         B, H, S, Dh = q.shape
         n = S - L
         dev = q.device
         key = (canvas, L, H, B, tuple(text_lens))
         if key not in self._blockmask:
-            tl = torch.tensor(text_lens, device=dev)
-            if self.mode == "dense":
-                # Every query sees the image keys and its sample's valid text keys (one mask for all heads).
-                def dense_mod(b, h, qi, ki):
-                    return (ki < n) | ((ki - n) < tl[b])
-
-                self._blockmask = {key: create_block_mask(dense_mod, B, None, S, S, device=dev)}
-                return _compiled_flex()(q, k, v, block_mask=self._blockmask[key])
-            T, Hh, W = canvas
-            idx = torch.arange(n, device=dev)
-            coords = [idx // (Hh * W) // self.tile[0], (idx // W) % Hh // self.tile[1], idx % W // self.tile[2]]
-            grid = [(c + t - 1) // t for c, t in zip(canvas, self.tile)]
-            r = torch.tensor([[int(w[d]) // 2 for d in range(3)] for w in self.windows], device=dev)  # [H, 3]
-            g = torch.tensor(grid, device=dev)
-
-            def mask_mod(b, h, qi, ki):
-                qc = qi.clamp(max=n - 1)
-                kc = ki.clamp(max=n - 1)
-                vis = torch.ones_like(qi, dtype=torch.bool)
-                for d in range(3):
-                    rd = r[h, d]
-                    c = torch.minimum(torch.maximum(coords[d][qc], rd), g[d] - 1 - rd)
-                    vis = vis & ((c - coords[d][kc]).abs() <= rd)
-                img_k = ki < n
-                img_q = qi < n
-                text_ok = (ki - n) < tl[b]
-                return torch.where(img_k, torch.where(img_q, vis, torch.ones_like(vis)), text_ok)
-
-            self._blockmask = {key: create_block_mask(mask_mod, B, H, S, S, device=dev)}
+            self._blockmask = {key: self._flex_mask(canvas, n, S, B, H, torch.tensor(text_lens, device=dev), dev)}
         return _compiled_flex()(q, k, v, block_mask=self._blockmask[key])
+
+    def _flex_mask(self, canvas, n, S, B, H, tl, dev):
+        """FlexAttention block mask over [n image tokens | text slots] for text lengths tl [B]."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        if self.mode == "dense":
+            # Every query sees the image keys and its sample's valid text keys (one mask for all heads).
+            def dense_mod(b, h, qi, ki):
+                return (ki < n) | ((ki - n) < tl[b])
+
+            return create_block_mask(dense_mod, B, None, S, S, device=dev)
+        T, Hh, W = canvas
+        idx = torch.arange(n, device=dev)
+        coords = [idx // (Hh * W) // self.tile[0], (idx // W) % Hh // self.tile[1], idx % W // self.tile[2]]
+        grid = [(c + t - 1) // t for c, t in zip(canvas, self.tile)]
+        r = torch.tensor([[int(w[d]) // 2 for d in range(3)] for w in self.windows], device=dev)  # [H, 3]
+        g = torch.tensor(grid, device=dev)
+
+        def mask_mod(b, h, qi, ki):
+            qc = qi.clamp(max=n - 1)
+            kc = ki.clamp(max=n - 1)
+            vis = torch.ones_like(qi, dtype=torch.bool)
+            for d in range(3):
+                rd = r[h, d]
+                c = torch.minimum(torch.maximum(coords[d][qc], rd), g[d] - 1 - rd)
+                vis = vis & ((c - coords[d][kc]).abs() <= rd)
+            img_k = ki < n
+            img_q = qi < n
+            text_ok = (ki - n) < tl[b]
+            return torch.where(img_k, torch.where(img_q, vis, torch.ones_like(vis)), text_ok)
+
+        return create_block_mask(mask_mod, B, H, S, S, device=dev)
 
 
 def sta_windows(spec: Spec) -> List[Tuple[int, int, int]]:

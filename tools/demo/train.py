@@ -18,7 +18,6 @@ bf16 autocast on CUDA; fp32 on the CPU.
 """
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -95,7 +94,7 @@ def _resume(folder, prefix, model_params: "OrderedDict", opt):
     return int(meta.get("step", 0)), meta
 
 
-def _progress(step, total, budget, start_step=0):
+def _progress(step, total, budget):
     """Fraction of the stage done: by steps, or by the call's time budget when that ends first."""
     p = step / max(1, total)
     if budget is not None and budget.limit:
