@@ -303,8 +303,9 @@ TEST(StaPermuteIndex, InverseBijections) {
           ASSERT_EQ(s, tile_id * g.tile_tokens + local) << geom_str(g);
           const bool full = (tt / t[0] + 1) * t[0] <= c[0] && (hh / t[1] + 1) * t[1] <= c[1] &&
                             (ww / t[2] + 1) * t[2] <= c[2];
-          if (full)  // exactly the spec's local_id
+          if (full) {  // exactly the spec's local_id
             ASSERT_EQ(local, ((tt % t[0]) * t[1] + hh % t[1]) * t[2] + ww % t[2]);
+          }
         }
       }
       // Padding last: in every tile, the in-canvas slots are exactly the first ones.
@@ -1147,7 +1148,9 @@ TEST(StaAttentionHopper, MatchesFp64ReferenceFa3Rule) {
            (failed[i].empty() ? "" : ", first " + failed[i][0]);
     return s;
   };
-  for (const auto& [c, dt] : hopper_cases()) {
+  const std::vector<HopperCase> cases = hopper_cases();
+  int case_no = 0;
+  for (const auto& [c, dt] : cases) {
     const AttnInputs in = make_inputs(c, dt, seed += 3);
     const Reference r = reference(c, in, dt);  // once per case: it dominates the test's time
     for (size_t vi = 0; vi < variants.size(); ++vi) {
@@ -1173,6 +1176,10 @@ TEST(StaAttentionHopper, MatchesFp64ReferenceFa3Rule) {
       EXPECT_LE(mse, 5e-4) << c.str(dt) << " [hopper " << name << "]";
       if (cmp.non_finite != 0 || !(err <= 2 * base + kFa3Atol) || !(mse <= 5e-4)) failed[vi].push_back(c.str(dt));
     }
+    // Progress, flushed: a run ended by a timeout (a barrier protocol fault hangs in bar.sync, which has no
+    // watchdog) then says which case it was in.
+    std::printf("[hopper] case %d of %zu done: %s\n", ++case_no, cases.size(), c.str(dt).c_str());
+    std::fflush(stdout);
   }
   EXPECT_EQ(checked, 20 * static_cast<int>(variants.size()));
   const std::string s = summary();

@@ -149,6 +149,15 @@ def main():
     with open(os.path.join(run, "vae", "state.json")) as f:
         assert json.load(f)["step"] == 8, "the VAE stage did not resume"
     sh([py, tr, "dit", "--run", run, "--toy", "--steps", "6"], env=env)
+    # A checkpoint carried without its Adam moments (strip_optimizer.py) resumes with the weights and the step.
+    sh([py, os.path.join(HERE, "strip_optimizer.py"), os.path.join(run, "dit")], env=env)
+    sys.path.insert(0, HERE)
+    import common as C
+    t, meta = C.load_tensors(os.path.join(run, "dit"), "dit")
+    assert meta["step"] == 6 and t and not any(k.startswith("opt.") for k in t), "strip_optimizer kept moments"
+    sh([py, tr, "dit", "--run", run, "--toy", "--steps", "8"], env=env)
+    with open(os.path.join(run, "dit", "state.json")) as f:
+        assert json.load(f)["step"] == 8, "the DiT stage did not resume from the stripped checkpoint"
     sh([py, tr, "sta", "--run", run, "--toy", "--steps", "3"], env=env)
     info = json.loads(sh([py, os.path.join(HERE, "export.py"), "--run", run, "--out", model], env=env))
     assert info["dit_checkpoint"] == "sta"

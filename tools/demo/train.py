@@ -346,6 +346,9 @@ def stage_dit(args, spec, device, log, sta: bool = False):
     base_lr = args.lr or (1e-4 if sta else 5e-4)
     opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, _ = _resume(folder, name, OrderedDict(w=dit.w), opt)
+    # Fresh Adam moments (a checkpoint saved or stripped without them, strip_optimizer.py) warm up again from
+    # here; restored moments go straight on.
+    warm_from = step if step and not any(opt.state.get(p) for p in params) else 0
     budget = C.Budget(args.minutes)
     total = args.steps or (20 if spec.toy else (1500 if sta else 6000))
     g = _gen(args.seed + (5000 if sta else 2000) + step)
@@ -392,7 +395,8 @@ def stage_dit(args, spec, device, log, sta: bool = False):
                 loss = data + 0.5 * out_d + 0.5 * attn_d
                 extra = {"out_distill": float(out_d), "attn_distill": float(attn_d)}
                 student_attn.records = {}
-        _optimizer_step(opt, params, loss, _lr(step, base_lr, 20 if sta else 200, total, budget=budget))
+        _optimizer_step(opt, params, loss, _lr(step, base_lr, 20 if sta else 200, total, budget=budget,
+                                                        start=warm_from))
         step += 1
         if step % args.log_every == 0 or step == total:
             log(stage=name, step=step, loss=float(loss), data=float(data), size=list(size), batch=B,
