@@ -1,30 +1,36 @@
 #!/usr/bin/env bash
-# A session's device plan (docs/demo-model.md "Session 6", docs/perf-notes.md "Padding last, measured"),
-# three calls, each complete on its own and under the tool's 10 minutes:
+# A session's device plan (docs/demo-model.md "Session 7", docs/perf-notes.md "Session 7 (device run 3)"),
+# calls each complete on its own and under the tool's 10 minutes. Session 8's order:
+#
+#   1. `DIT2_MIN=0 STA_MIN=7 scripts/device-plan.sh call2`: STA fine-tuning of the SHIPPED dense DiT (step
+#      15,451: 95% through the product) for 7 min, then eval.py on the 20 held-out prompts; sta/ and eval/ come
+#      back. carry ["tools/demo/runs/main"], prepared here first (the carry is 64 MiB WITH the tracked tree,
+#      about 29 MB since the model ships): runs/main holds text, vae (weights only), the tokenizers and dit
+#      WITHOUT its Adam moments (`tools/demo/strip_optimizer.py tools/demo/runs/main/dit`: 34 -> 17 MB), and
+#      no sta/ (a stage resumes the folder it finds) or eval/. About 28 MB.
+#      Then here: ship.py --run tools/demo/runs/main --dit sta --calibrate-prompts 4 --eval 20 (the product's
+#      fine-tuned STA number: issue 8 needs >= 90%), model_card.py, and the card in docs/demo-model.md.
+#   2. `scripts/device-plan.sh call3` (the kernels: the ping-pong variants' test under 200 s, then their
+#      timings and the peers). carry [".gpubin", ".peer"]; rebuild the bundle first when kernels/ changed.
+#   3. With time left: call2 again (STA_MIN more fine-tuning resumes sta/), or call1 (the dense DiT on, with
+#      fresh moments: it warms up again).
 #
 #   call1  the demo DiT resumed at the native size for what the call has left (about 8.8 min; DIT_MIN
-#          overrides), DIT_BATCH native clips per step (default 64), through common.FusedTransformer.
-#          BENCH_ATTN=1 first times the dense attention backends (session 6: masked SDPA 0.9 ms of a
-#          235 ms step: attention is not what limits the step).
-#                                                         carry ["tools/demo/runs/main"] (keep it <= 47 MB:
-#                                                         no sta/ or eval/ in it, see docs/demo-model.md)
-#   call2  the DiT on (DIT2_MIN), STA fine-tuning from it (STA_MIN), eval.py on the 20 held-out prompts.
-#                                                         carry ["tools/demo/runs/main"] if cold
+#          overrides), DIT_BATCH native clips per step (default 64), through common.FusedTransformer
+#          (session 7: 6.5 steps/s at batch 64, twice session 6's 3.2). BENCH_ATTN=1 first times the dense
+#          attention backends (session 6: masked SDPA 0.9 ms of a 235 ms step).
+#                                                         carry ["tools/demo/runs/main"] (prepared as in 1.)
+#   call2  the DiT on (DIT2_MIN; 0 leaves it as it is), STA fine-tuning from it (STA_MIN), eval.py on the 20
+#          held-out prompts.                              carry ["tools/demo/runs/main"] if cold
 #   call3  the GPU checks of binaries built here by scripts/gpu-bundle.sh (test_sta with the Hopper kernel
-#          and every variant, test_dit, bench_sta per variant, the A/B against bench_sta_ref when the
-#          bundle has it, the demo model's C++ DiT step and VAE decode; the peers when staged).
+#          and every variant, the ping-pong variants apart, test_dit, bench_sta, the A/B against
+#          bench_sta_ref* when the bundle has them; the peers when staged).
 #          carry [".gpubin", ".peer"]; first: make gpu-stage (stages .peer) and
-#          AB_REF=<ref> scripts/gpu-bundle.sh test_sta bench_sta test_dit bench_dit bench_vae
+#          [AB_REF=<ref>,...] scripts/gpu-bundle.sh test_sta bench_sta test_dit bench_dit bench_vae
 #
-# After call2, here: /usr/bin/python3 tools/demo/ship.py --run tools/demo/runs/main --calibrate-prompts 4 --eval 20
-# (export, parity, calibration, demo.json, the product per attention variant), then
-# tools/demo/model_card.py --run tools/demo/runs/main --model deploy/models/demo-model for the card's table.
-# If call2's eval shows fine-tuned STA well under 90%, a second DiT call (call1 again, then call2) may serve
-# issue 8 better than call3.
-#
-# Unpack calls 1-2 here: cat FILES_AT/run.tar.part-* | tar -x -C tools/demo/runs/main (and delete stale shards:
-# a stage's save removes its old shards only on the machine that saved). A call returns at most about 60 MiB:
-# call2 packs dit (34 MB with its optimizer state), sta (17.5 MB) and eval (report + compressed sheets).
+# Unpack calls 1-2 here: cat FILES_AT/run.tar.part-* | tar -x -C tools/demo/runs/main (and delete stale shards
+# first: a stage's save removes its old shards only on the machine that saved). A call returns at most about
+# 60 MiB: dit (34 MB with its optimizer state), sta (17.5 MB) and eval (report + compressed sheets) fit.
 # TOY=1: toy sizes and minute-long budgets, to try calls 1-2 on the CPU machine (RUN defaults to a scratch
 # folder then).
 set -uo pipefail
@@ -69,8 +75,14 @@ call2)
   if [ "${VAE_MIN:-0}" != 0 ]; then
     vae="vae:${VAE_MIN}:--decoder-only,--crop,128,--batch,8,--vae-frames,9/17,--lr,2e-4,--steps,1000000$toy "
   fi
-  PACK="${vae:+vae }dit sta" tools/demo/device_run.sh \
-    "${vae}dit:${DIT2_MIN:-3}:--native-from,0,--reuse,12,--batch,$((4 * ${DIT2_BATCH:-64})),--steps,1000000$toy sta:${STA_MIN:-3}:--reuse,2,--no-optimizer-state$toy eval${toy:+:0:--n,2,--steps,2}" \
+  # DIT2_MIN=0 leaves the DiT as it is (STA fine-tuning of the shipped dense DiT; only sta/ and eval/ come back).
+  dit="" pack_dit=""
+  if [ "${DIT2_MIN:-3}" != 0 ]; then
+    dit="dit:${DIT2_MIN:-3}:--native-from,0,--reuse,12,--batch,$((4 * ${DIT2_BATCH:-64})),--steps,1000000$toy "
+    pack_dit="dit "
+  fi
+  PACK="${vae:+vae }${pack_dit}sta" tools/demo/device_run.sh \
+    "${vae}${dit}sta:${STA_MIN:-3}:--reuse,2,--no-optimizer-state$toy eval${toy:+:0:--n,2,--steps,2}" \
     > /dev/null 2>&1
   echo "training rc $?"
   grep -E '"stage": "(dit|sta)"' "$OUT/log.txt" | sed -n '1,2p;$p' | cut -c1-300

@@ -5,6 +5,8 @@ scoring the frames against the prompt (colour, shape, motion, background). Needs
     python3 tools/demo/check_video.py --config deploy/models/demo.json --model demo \
         --prompts-file deploy/models/demo-model/heldout.json --limit 2 --bin-dir build [--sta dense] [--min-pass 1.0]
 
+    python3 tools/demo/check_video.py --mp4 build/demo.mp4 --prompt "a red circle moves left on a dark blue background"
+
 Prints one JSON line per prompt and a summary line {"pass": fraction, "seconds_per_clip": ...}; exits 1 when the
 fraction of passing prompts is below --min-pass, 2 on a setup error.
 """
@@ -54,9 +56,29 @@ def stage_seconds(client_stdout: str) -> dict:
     return {}
 
 
+def check_mp4(mp4: str, prompts: list, frames_bin: str) -> int:
+    """One existing MP4 against its prompt: a JSON line with the checker's verdict; 0 pass, 1 fail, 2 setup error."""
+    if len(prompts) != 1:
+        print("check_video: --mp4 takes exactly one --prompt", file=sys.stderr)
+        return 2
+    if not os.access(frames_bin, os.X_OK):
+        print(f"check_video: {frames_bin} is missing (build first)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="stavid-check-") as work:
+        npy = os.path.join(work, "frames.npy")
+        r = subprocess.run([frames_bin, mp4, npy], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"check_video: stavid_mp4_frames failed on {mp4}: {r.stderr.strip()}", file=sys.stderr)
+            return 2
+        res = K.check(np.load(npy), prompts[0])
+    print(json.dumps({"prompt": prompts[0], "mp4": mp4,
+                      **{k: v for k, v in res.items() if isinstance(v, (bool, int, float, str))}}), flush=True)
+    return 0 if res["pass"] else 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="serving config (JSON)")
+    ap.add_argument("--config", help="serving config (JSON); required unless --mp4")
     ap.add_argument("--model", default="demo")
     ap.add_argument("--prompts-file", help="JSON list of captions (export.py writes heldout.json)")
     ap.add_argument("--prompt", action="append", default=[], help="a caption (repeatable)")
@@ -67,6 +89,7 @@ def main():
     ap.add_argument("--sta", default="", help="client --sta value (dense, T,H,W[:N], strategy:NAME); empty: default")
     ap.add_argument("--work", default="", help="keep MP4s and frames here (default: a temporary folder)")
     ap.add_argument("--min-pass", type=float, default=1.0)
+    ap.add_argument("--mp4", help="check this existing MP4 against the one --prompt (no server; make demo uses it)")
     ap.add_argument("--skip-if-missing", action="store_true",
                     help="exit 77 (ctest: skipped) when --prompts-file does not exist, i.e. no trained model is shipped")
     args = ap.parse_args()
@@ -74,6 +97,10 @@ def main():
         print(f"check_video: {args.prompts_file} is missing: no trained demo model in this tree; skipped")
         return 77
 
+    if args.mp4:
+        return check_mp4(args.mp4, args.prompt, f"{args.bin_dir}/server/media/stavid_mp4_frames")
+    if not args.config:
+        ap.error("--config is required (unless --mp4)")
     prompts = list(args.prompt)
     if args.prompts_file:
         prompts += json.load(open(args.prompts_file))
