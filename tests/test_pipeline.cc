@@ -42,8 +42,10 @@ using nlohmann::json;
 using namespace std::chrono_literals;
 
 constexpr auto kWait = std::chrono::milliseconds(60000);
-const std::string kConfig = std::string(STAVID_SOURCE_DIR) + "/deploy/models/demo.json";
+// The fixtures' serving config: "small" (the small random-weight DiT and VAE with STA) and "tiny". The shipped
+// deploy/models/demo.json serves the trained demo model instead (ServingConfig.LoadsTheShippedDemoConfig).
 const std::string kData = STAVID_TEST_DATA_DIR;
+const std::string kConfig = kData + "/serving.json";
 
 // ---- helpers ----
 
@@ -59,7 +61,7 @@ void write_file(const std::string& path, const std::string& text) {
   f << text;
 }
 
-// The demo config's pipeline, loaded once (both models, one CPU worker).
+// The fixtures' pipeline, loaded once (both models, one CPU worker).
 ModelPipeline& demo_pipeline() {
   static ModelPipeline* p = [] {
     PipelineOptions o;
@@ -146,10 +148,38 @@ std::pair<ErrorCode, std::string> error_of(F&& f) {
 
 // ---- config ----
 
-TEST(ServingConfig, LoadsTheDemoConfigWithPathsRelativeToIt) {
+// The shipped config: "demo" is the trained demo model (deploy/models/demo-model, docs/demo-model.md) with its
+// text encoders, the fixed STA window at its native size and the calibrated strategy; "tiny" the fixtures.
+TEST(ServingConfig, LoadsTheShippedDemoConfig) {
+  const std::string models = std::string(STAVID_SOURCE_DIR) + "/deploy/models";
+  const ServingConfig c = ServingConfig::from_file(models + "/demo.json");
+  const ModelConfig* demo = c.find("demo");
+  ASSERT_NE(demo, nullptr);
+  EXPECT_TRUE(fs::equivalent(demo->dit.dir, models + "/demo-model/transformer"));
+  EXPECT_TRUE(fs::equivalent(demo->vae.dir, models + "/demo-model/vae"));
+  ASSERT_TRUE(demo->text_encoder.has_value());
+  EXPECT_TRUE(fs::equivalent(demo->text_encoder->llama_tokenizer, models + "/demo-model/tokenizer/tokenizer.json"));
+  EXPECT_TRUE(fs::is_regular_file(demo->text_encoder->clip_tokenizer));
+  EXPECT_TRUE(demo->embeddings.empty());
+  EXPECT_EQ(demo->tile, (std::array<int32_t, 3>{2, 4, 8}));
+  EXPECT_EQ(demo->default_frames, 33u);
+  EXPECT_EQ(demo->default_height, 256u);
+  EXPECT_EQ(demo->default_steps, 20u);
+  EXPECT_EQ(demo->default_sta.kind(), pb::StaMode::KIND_FIXED);
+  EXPECT_EQ(demo->default_sta.window_t(), 3u);
+  EXPECT_EQ(demo->default_sta.window_h(), 3u);
+  EXPECT_EQ(demo->default_sta.window_w(), 2u);
+  EXPECT_EQ(demo->default_sta.dense_steps(), 2u);
+  ASSERT_EQ(demo->strategies.count("calibrated"), 1u);
+  EXPECT_TRUE(fs::is_regular_file(demo->strategies.at("calibrated")));
+  EXPECT_TRUE(fs::is_regular_file(models + "/demo-model/heldout.json"));
+  EXPECT_NE(c.find("tiny"), nullptr);
+}
+
+TEST(ServingConfig, LoadsTheFixturesConfigWithPathsRelativeToIt) {
   const ServingConfig c = ServingConfig::from_file(kConfig);
   ASSERT_EQ(c.models.size(), 2u);
-  const ModelConfig* demo = c.find("demo");
+  const ModelConfig* demo = c.find("small");
   ASSERT_NE(demo, nullptr);
   EXPECT_TRUE(fs::equivalent(demo->dit.dir, kData + "/dit/small"));
   EXPECT_TRUE(fs::equivalent(demo->vae.weights, kData + "/vae/small/vae.safetensors"));
@@ -360,7 +390,7 @@ TEST(Normalize, AppliesTheDefaults) {
   EXPECT_EQ(n.output().crf(), 18u);
   EXPECT_EQ(n.output().preset(), "medium");
   EXPECT_EQ(n.sta().kind(), pb::StaMode::KIND_DENSE);
-  r.set_model("demo");
+  r.set_model("small");
   const pb::GenerateRequest d = p.normalize(r, RequestLimits{});
   EXPECT_EQ(d.sta().kind(), pb::StaMode::KIND_FIXED);
   EXPECT_EQ(d.sta().window_t(), 3u);
@@ -407,7 +437,7 @@ TEST(Normalize, RejectsEveryInvalidFieldNamingIt) {
       {"width", [](R& r, L&) { r.set_width(8); }},
       {"height", [](R& r, L&) { r.set_height(64); r.set_width(128); }},  // 8192 pixels > 4096
       {"height", [](R& r, L& l) { l.max_pixels = 512; }},
-      {"width", [](R& r, L& l) { l.max_pixels = uint64_t{1} << 40; r.set_model("demo"); r.set_height(16); r.set_width(8208); }},
+      {"width", [](R& r, L& l) { l.max_pixels = uint64_t{1} << 40; r.set_model("small"); r.set_height(16); r.set_width(8208); }},
       {"steps", [](R& r, L&) { r.set_steps(201); }},
       {"steps", [](R& r, L& l) { l.max_steps = 3; }},  // the default 4
       {"guidance", [](R& r, L&) { r.set_guidance(25.f); }},
@@ -496,7 +526,7 @@ TEST(MemoryEstimate, GrowsWithTheJobAndRefusesAnImpossibleVaeBudget) {
   EXPECT_GT(a, 0u);
   EXPECT_GT(b, a);
   pb::GenerateRequest demo = tiny_request();
-  demo.set_model("demo");
+  demo.set_model("small");
   EXPECT_GT(estimate(demo), b);
 
   const std::string dir = temp_dir("vae_budget");
@@ -776,7 +806,7 @@ TEST(Run, TheDemoModelRunsWithStaOnTheSmallFixtures) {
   ModelPipeline& p = demo_pipeline();
   Harness h(p);
   pb::GenerateRequest r;
-  r.set_model("demo");
+  r.set_model("small");
   r.set_prompt("anything");
   r.set_seed(3);
   r.set_frames(5);
@@ -995,7 +1025,7 @@ TEST(Groups, CancelAndFaultInAGroupLeaveItServing) {
 }
 
 // Routing by group size end to end: a server (gRPC on loopback) over CPU workers {2 ranks, 1 rank}.
-// The demo config with only the "tiny" model, its default group size set to `group_size`.
+// The fixtures' config with only the "tiny" model, its default group size set to `group_size`.
 ServingConfig tiny_only_config(uint32_t group_size) {
   std::ifstream f(kConfig);
   json j = json::parse(f);
