@@ -107,9 +107,10 @@ StaHopperVariant sta_hopper_variant() {
   else if (name == "auto") v.kind = StaHopperVariant::Auto;
   else if (name == "pingpong") v.kind = StaHopperVariant::PingPong;
   else if (name == "pingpong-deep") v.kind = StaHopperVariant::PingPongDeep;
+  else if (name == "tail") v.kind = StaHopperVariant::Tail;
   else
     STAVID_THROW(ErrorCode::InvalidArgument, "STAVID_STA_HOPPER_VARIANT=", s,
-                 ": expected auto, masked, lean, skip, persist, persist:N, deep, pingpong or pingpong-deep");
+                 ": expected auto, masked, lean, skip, persist, persist:N, deep, pingpong, pingpong-deep or tail");
   if (name.size() < s.size()) {
     const std::string cap = s.substr(name.size() + 1);
     char* end = nullptr;
@@ -125,6 +126,12 @@ bool sta_hopper_needs_masks(const StaGeometry& g, int32_t block_n) {
   for (int d = 0; d < 3; ++d)
     if (g.canvas[d] % g.tile[d] != 0) return true;
   return g.text_valid % block_n != 0;
+}
+
+int32_t sta_hopper_text_tail_only(const StaGeometry& g, int32_t block_n) {
+  for (int d = 0; d < 3; ++d)
+    if (g.canvas[d] % g.tile[d] != 0) return 0;
+  return g.text_valid % block_n;
 }
 
 // "auto" resolves to what measured fastest on launches of each kind (docs/perf-notes.md, "Variants
@@ -159,6 +166,7 @@ std::string sta_hopper_variant_name(const StaHopperVariant& v) {
     case StaHopperVariant::Auto: return "auto";
     case StaHopperVariant::PingPong: return "pingpong";
     case StaHopperVariant::PingPongDeep: return "pingpong-deep";
+    case StaHopperVariant::Tail: return "tail";
   }
   return "?";
 }

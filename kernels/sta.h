@@ -367,12 +367,18 @@ bool sta_hopper_supports(const StaAttentionParams& p);
 //   64-row CTAs (one consumer warpgroup) run as "skip". Not chosen by "auto" (not yet timed);
 // - "pingpong-deep": pingpong on deep's 3-stage ring (the turns halve the producer's window to refill
 //   a stage; 64-row CTAs run as "skip"). Not chosen by "auto" (not yet timed);
+// - "tail": skip, and launches whose only masked visits are the text tail (the canvas divisible by the
+//   tile, text_valid not a multiple of the key block) run the UNMASKED instance too: the text tail is
+//   every work item's last visit (text key blocks come last in the visit list), so its consumers mask
+//   the columns at and past text_valid % key block on that visit from the launch's arguments (no mask
+//   words, no per-stage flags, no end-of-item stage). 128-row CTAs only (64-row CTAs run it as "skip").
+//   Not chosen by "auto" (not yet timed);
 // - "auto" (the default): per launch, the variant measured fastest on launches of its kind (session 4,
 //   docs/perf-notes.md): "deep" when a visit needs a mask on 128-row CTAs (text slots not filling key
 //   blocks, padded canvases), else "persist" when the heads' windows differ (host_windows; the
 //   longest-first order balances them), else "skip".
 struct StaHopperVariant {
-  enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep, Auto, PingPong, PingPongDeep } kind = Auto;
+  enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep, Auto, PingPong, PingPongDeep, Tail } kind = Auto;
   int32_t max_ctas = 0;  // "persist:N": at most N CTAs (0: no cap); tests use it to give CTAs many items
 };
 // Parses STAVID_STA_HOPPER_VARIANT (unset or empty: auto); throws InvalidArgument on an unknown name.
@@ -383,6 +389,9 @@ inline constexpr int32_t kHopperKeyBlock128 = 128, kHopperKeyBlock64 = 64;
 // Whether any visit of a launch with key blocks of block_n needs an element mask (StaVisit::needs_mask):
 // a tile with padded slots, or a text block that valid text does not fill.
 bool sta_hopper_needs_masks(const StaGeometry& g, int32_t block_n);
+// The valid keys of the text tail when it is a launch's ONLY masked visit (no tile has padded slots and
+// text_valid % block_n != 0): text_valid % block_n; 0 otherwise (no mask, or masks elsewhere too).
+int32_t sta_hopper_text_tail_only(const StaGeometry& g, int32_t block_n);
 // The variant a launch of p runs: v itself, or for "auto" the concrete choice (see Auto above):
 // "deep" for masked launches on 128-row CTAs, "persist" when host_windows differ between heads,
 // "skip" otherwise.

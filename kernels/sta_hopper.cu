@@ -139,6 +139,9 @@ struct HopperArgs {
   int32_t* counter;
   bool persistent;
   bool skip_empty;  // drop blocks without a valid slot (masked instance only: no other has any)
+  // kTail instance (variant "tail"): the valid keys of every work item's last visit (the text tail,
+  // text_valid % BN); 0 in every other instance.
+  int32_t tail_valid;
   bool ordered;     // image items by batch x head in bh_order (longest first) instead of 0, 1, ...
   int16_t bh_order[kHopperMaxOrdered];
 };
@@ -397,7 +400,10 @@ __device__ __forceinline__ void turn_pass(int cw) {  // from warpgroup cw to the
 // grid), and after the last item it stays pending on turn 0 at exit (as in FA3: every bar.sync has its
 // arrivals; the barrier state goes with the CTA). No register is added beyond the barrier id: S still
 // becomes P in place before P V (no second S accumulator).
-template <typename Cfg, bool kMasked, bool kPingPong = false>
+// kTail (variant "tail", unmasked instance of 128-row CTAs with a 2-stage ring only): the launch's one
+// masked visit is the text tail, every item's last visit; the consumers mask its columns at and past
+// a.tail_valid. A template parameter, so the other instances compile exactly as before.
+template <typename Cfg, bool kMasked, bool kPingPong = false, bool kTail = false>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     sta_hopper_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                       const __grid_constant__ CUtensorMap tm_v,
@@ -406,6 +412,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   using T = typename Cfg::Type;
   constexpr int kD = Cfg::kD, kBM = Cfg::kBM, kBN = Cfg::kBN, kBoxes = Cfg::kBoxes, kStages = Cfg::kStages;
   static_assert(!kPingPong || Cfg::kConsumers == 2, "ping-pong needs two consumer warpgroups");
+  static_assert(!kTail || !kMasked, "the text tail mask is the unmasked instance's");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   // full[kStages], empty[kStages], q_full[kQBufs], q_empty[kQBufs]
   __shared__ __align__(8) uint64_t bars[2 * (kStages + Cfg::kQBufs)];
@@ -587,6 +594,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       wgmma_wait<0>();
       fence_regs(s);
 
+      // kTail instance (variant "tail"): the item's last visit is the text tail, whose keys at and past
+      // tail_valid are invisible (text slots past text_valid) or past the sequence (zero-filled). This
+      // thread's columns are 8 n + 2 (lane % 4) + e, in both of its rows (values 4 n + e and 4 n + 2 + e).
+      if constexpr (kTail) {
+        if (j == it.visits - 1) {
+#pragma unroll
+          for (int n = 0; n < kBN / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+              if (8 * n + 2 * (lane % 4) + e >= a.tail_valid) s[4 * n + e] = s[4 * n + 2 + e] = -INFINITY;
+        }
+      }
       // Element masks, only on blocks the producer flagged (padded slots, the text tail): this
       // thread's columns are 8 n + 2 (lane % 4) + e, i.e. bit 8 (n % 4) + 2 (lane % 4) + e of word n / 4.
       if (kMasked && (flags & kStageMasked)) {
@@ -737,10 +756,11 @@ int32_t* persistent_counter(cudaStream_t stream) {
 }
 
 // Launches one kernel instance, with the variant's options, for params the selector accepted.
-template <typename Cfg, bool kMasked, bool kPingPong>
-void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
+template <typename Cfg, bool kMasked, bool kPingPong, bool kTail = false>
+void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream,
+                   int32_t tail_valid = 0) {
   using T = typename Cfg::Type;
-  auto kernel = sta_hopper_kernel<Cfg, kMasked, kPingPong>;
+  auto kernel = sta_hopper_kernel<Cfg, kMasked, kPingPong, kTail>;
   static std::atomic<uint64_t> configured{0};
   cuda::once_per_device(configured, p.device.index, [&] {
     STAVID_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
@@ -772,6 +792,7 @@ void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cud
   // Every variant after "lean" drops empty blocks (var is resolved: never "auto" here).
   a.skip_empty = var.kind != StaHopperVariant::Masked && var.kind != StaHopperVariant::Lean;
   a.persistent = var.kind == StaHopperVariant::Persist;
+  a.tail_valid = kTail ? tail_valid : 0;
   int64_t ctas = items;
   if (a.persistent) {
     int device = 0, sms = 0;
@@ -803,9 +824,19 @@ void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cud
   STAVID_CUDA_CHECK_LAUNCH();
 }
 
-// The unmasked instance unless the variant is "masked" or a visit needs a mask.
+// The unmasked instance unless the variant is "masked" or a visit needs a mask; with "tail" on 128-row
+// CTAs, the kTail unmasked instance when the text tail is the only masked visit (64-row CTAs run "tail"
+// as "skip": the tail mask cost their 128-register consumers a spill).
 template <typename Cfg, bool kPingPong = false>
 void launch_hopper_masking(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
+  if constexpr (Cfg::kConsumers == 2 && Cfg::kStages == 2 && !kPingPong) {
+    if (var.kind == StaHopperVariant::Tail) {
+      if (const int32_t tail = sta_hopper_text_tail_only(p.geom, Cfg::kBN)) {
+        launch_hopper<Cfg, false, false, true>(p, var, stream, tail);
+        return;
+      }
+    }
+  }
   if (var.kind == StaHopperVariant::Masked || sta_hopper_needs_masks(p.geom, Cfg::kBN))
     launch_hopper<Cfg, true, kPingPong>(p, var, stream);
   else

@@ -100,7 +100,7 @@ call3)
   # The variant test's time is mostly its fp64 reference (about 85 s of session 7's 96 s for 7 variants), so
   # the ping-pong run needs about 100 s when it passes: session 7 gave it 90 s and learned nothing (rc 124
   # with no failure printed). HOPPER_TEST_VARIANTS: the variants of the whole suite's run.
-  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto masked lean skip persist persist:3 deep}" timeout 240 \
+  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto masked lean skip persist persist:3 deep tail}" timeout 240 \
     $g/bin/test_sta > "$OUT/test_sta.txt" 2>&1; echo "test_sta rc $?"; tail -12 "$OUT/test_sta.txt" | cut -c1-200
   STAVID_STA_HOPPER_VARIANTS="pingpong pingpong-deep" timeout 200 $g/bin/test_sta \
     --gtest_filter='StaAttentionHopper.*' > "$OUT/test_sta_pingpong.txt" 2>&1
@@ -126,6 +126,13 @@ call3)
       --variants skip,pingpong,pingpong-deep,deep,skip,pingpong,pingpong-deep,deep 2>&1 |
       sed 's/^{/{"bin":"bench_sta","pass":0,/' > "$OUT/pingpong.jsonl"
     "${PY:-python3}" tools/bench/ab_report.py "$OUT/pingpong.jsonl" | grep '"ab"' | cut -c1-160
+  fi
+  # "tail" (session 7: the text tail masked in the unmasked instance) against auto (deep on text launches)
+  # and skip, two interleaved passes; paper_333 without text gives each its own text overhead.
+  if grep -q "tail: 0 failed" "$OUT/test_sta.txt"; then
+    timeout 150 $g/bin/bench_sta --only paper_333_text,paper_333 --variants auto,tail,skip,auto,tail,skip 2>&1 |
+      sed 's/^{/{"bin":"bench_sta","pass":0,/' > "$OUT/tail.jsonl"
+    "${PY:-python3}" tools/bench/ab_report.py "$OUT/tail.jsonl" | grep '"ab"' | cut -c1-160
   fi
   # The peers in the same command (issue 9's ratios), when `make gpu-stage` staged them and .peer is carried.
   if [ -f .peer/peer_attention.py ]; then

@@ -1052,7 +1052,7 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
     EXPECT_EQ(detail::sta_hopper_variant().kind, detail::StaHopperVariant::Auto) << "the default";
   }
   for (const char* name :
-       {"auto", "masked", "lean", "skip", "persist", "persist:3", "deep", "pingpong", "pingpong-deep"}) {
+       {"auto", "masked", "lean", "skip", "persist", "persist:3", "deep", "pingpong", "pingpong-deep", "tail"}) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", name);
     EXPECT_EQ(detail::sta_hopper_variant_name(detail::sta_hopper_variant()), name);
   }
@@ -1061,7 +1061,7 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
     EXPECT_EQ(detail::sta_hopper_variant().max_ctas, 3);
   }
   for (const char* bad : {"fast", "lean:2", "auto:1", "persist:0", "persist:", "persist:3x", "deep:2", "pingpong:2",
-                          "ping-pong", "pingpong-deep:2"}) {
+                          "ping-pong", "pingpong-deep:2", "tail:1"}) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", bad);
     EXPECT_THROW(detail::sta_hopper_variant(), Error) << bad;
   }
@@ -1100,6 +1100,33 @@ TEST(StaSelector, HopperAutoResolution) {
   EXPECT_TRUE(detail::sta_hopper_needs_masks(geom({10, 48, 80}, {2, 8, 8}, 77, 50), detail::kHopperKeyBlock64));
   EXPECT_FALSE(detail::sta_hopper_needs_masks(geom({10, 48, 80}, {2, 8, 8}, 128, 64), detail::kHopperKeyBlock64));
   EXPECT_TRUE(detail::sta_hopper_needs_masks(geom({10, 48, 80}, {2, 8, 8}, 128, 64), detail::kHopperKeyBlock128));
+  V tail;
+  tail.kind = V::Tail;
+  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}, 256, 200), &same, tail), V::Tail) << "named, it stays";
+  // "tail" runs the unmasked instance when the text tail is the only masked visit: its valid keys.
+  EXPECT_EQ(detail::sta_hopper_text_tail_only(geom({10, 48, 80}, {2, 8, 8}, 256, 200), 128), 72);
+  EXPECT_EQ(detail::sta_hopper_text_tail_only(geom({10, 48, 80}, {2, 8, 8}, 256, 200), 64), 8);
+  EXPECT_EQ(detail::sta_hopper_text_tail_only(geom({10, 48, 80}, {2, 8, 8}, 77, 50), 64), 50);
+  EXPECT_EQ(detail::sta_hopper_text_tail_only(geom({10, 48, 80}, {2, 8, 8}, 256, 256), 128), 0) << "no mask";
+  EXPECT_EQ(detail::sta_hopper_text_tail_only(geom({10, 48, 80}, {2, 8, 8}), 128), 0) << "no text";
+  EXPECT_EQ(detail::sta_hopper_text_tail_only(geom({33, 45, 80}, {6, 8, 8}, 256, 200), 128), 0) << "padded canvas";
+  // Every visit list ends with the text tail (the only block the consumers mask in "tail"), for image and text
+  // query blocks alike, and it is the only visit that needs a mask.
+  {
+    const StaGeometry g = geom({4, 16, 16}, {2, 8, 8}, 150, 120);
+    const StaWindow w{1, 3, 1};
+    for (int64_t q : {int64_t{0}, int64_t{384}, g.img_slots, g.img_slots + 128}) {
+      const StaTileRange r = sta_query_range(g, w, q);
+      const int32_t n = sta_visit_count(g, r, 128);
+      for (int32_t j = 0; j < n; ++j) {
+        const StaVisit v = sta_visit_at(g, r, 128, j);
+        EXPECT_EQ(v.needs_mask, j == n - 1) << "query " << q << " visit " << j;
+        if (j == n - 1) {
+          EXPECT_EQ(sta_block_valid_count(g, v.key_start, 128), 120 % 128);
+        }
+      }
+    }
+  }
 }
 
 // The Hopper variants the GPU test checks: STAVID_STA_HOPPER_VARIANTS (names separated by spaces or
@@ -1112,7 +1139,7 @@ TEST(StaSelector, HopperAutoResolution) {
   const char* env = std::getenv("STAVID_STA_HOPPER_VARIANTS");
   std::vector<std::string> vs;
   std::string cur;
-  for (const char* ch = env ? env : "auto masked lean skip persist persist:3 deep pingpong pingpong-deep";; ++ch) {
+  for (const char* ch = env ? env : "auto masked lean skip persist persist:3 deep pingpong pingpong-deep tail";; ++ch) {
     if (*ch == ' ' || *ch == ',' || *ch == '\0') {
       if (!cur.empty()) vs.push_back(cur);
       cur.clear();
