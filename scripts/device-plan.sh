@@ -2,8 +2,10 @@
 # A session's device plan (docs/demo-model.md "Session 7", docs/perf-notes.md "Session 7 (device run 3)"),
 # calls each complete on its own and under the tool's 10 minutes. Session 8's order:
 #
-#   1. `DIT2_MIN=0 STA_MIN=7 scripts/device-plan.sh call2`: STA fine-tuning of the SHIPPED dense DiT (step
-#      15,451: 95% through the product) for 7 min, then eval.py on the 20 held-out prompts; sta/ and eval/ come
+#   1. `DIT2_MIN=0 STA_MIN=7 STA_BATCH=32 scripts/device-plan.sh call2`: STA fine-tuning of the SHIPPED dense
+#      DiT (step 15,451: 95% through the product) for 7 min at 32 native clips per step (session 7: 3.1 steps/s
+#      at 16, where the DiT stage was dispatch-bound too; the first log lines give the rate), then eval.py on
+#      the 20 held-out prompts; sta/ and eval/ come
 #      back. carry ["tools/demo/runs/main"], prepared here first (the carry is 64 MiB WITH the tracked tree,
 #      about 29 MB since the model ships): runs/main holds text, vae (weights only), the tokenizers and dit
 #      WITHOUT its Adam moments (`tools/demo/strip_optimizer.py tools/demo/runs/main/dit`: 34 -> 17 MB), and
@@ -20,8 +22,9 @@
 #          (session 7: 6.5 steps/s at batch 64, twice session 6's 3.2). BENCH_ATTN=1 first times the dense
 #          attention backends (session 6: masked SDPA 0.9 ms of a 235 ms step).
 #                                                         carry ["tools/demo/runs/main"] (prepared as in 1.)
-#   call2  the DiT on (DIT2_MIN; 0 leaves it as it is), STA fine-tuning from it (STA_MIN), eval.py on the 20
-#          held-out prompts.                              carry ["tools/demo/runs/main"] if cold
+#   call2  the DiT on (DIT2_MIN; 0 leaves it as it is), STA fine-tuning from it (STA_MIN minutes, STA_BATCH
+#          native clips per step, default 16), eval.py on the 20 held-out prompts.
+#                                                         carry ["tools/demo/runs/main"] if cold
 #   call3  the GPU checks of binaries built here by scripts/gpu-bundle.sh (test_sta with the Hopper kernel
 #          and every variant, the ping-pong variants apart, test_dit, bench_sta, the A/B against
 #          bench_sta_ref* when the bundle has them; the peers when staged).
@@ -82,7 +85,7 @@ call2)
     pack_dit="dit "
   fi
   PACK="${vae:+vae }${pack_dit}sta" tools/demo/device_run.sh \
-    "${vae}${dit}sta:${STA_MIN:-3}:--reuse,2,--no-optimizer-state$toy eval${toy:+:0:--n,2,--steps,2}" \
+    "${vae}${dit}sta:${STA_MIN:-3}:--reuse,2,--batch,$((4 * ${STA_BATCH:-16})),--no-optimizer-state$toy eval${toy:+:0:--n,2,--steps,2}" \
     > /dev/null 2>&1
   echo "training rc $?"
   grep -E '"stage": "(dit|sta)"' "$OUT/log.txt" | sed -n '1,2p;$p' | cut -c1-300
