@@ -395,8 +395,8 @@ def stage_dit(args, spec, device, log, sta: bool = False):
                 loss = data + 0.5 * out_d + 0.5 * attn_d
                 extra = {"out_distill": float(out_d), "attn_distill": float(attn_d)}
                 student_attn.records = {}
-        _optimizer_step(opt, params, loss, _lr(step, base_lr, 20 if sta else 200, total, budget=budget,
-                                                        start=warm_from))
+        lr = _lr(step, base_lr, 20 if sta else 200, total, budget=budget, start=warm_from)
+        _optimizer_step(opt, params, loss, lr)
         step += 1
         if step % args.log_every == 0 or step == total:
             log(stage=name, step=step, loss=float(loss), data=float(data), size=list(size), batch=B,
