@@ -122,16 +122,21 @@ StaHopperVariant sta_hopper_variant() {
   return v;
 }
 
-bool sta_hopper_needs_masks(const StaGeometry& g, int32_t block_n) {
+namespace {
+// Whether some tile holds padded slots (the tile does not divide the canvas on some axis).
+bool canvas_padded(const StaGeometry& g) {
   for (int d = 0; d < 3; ++d)
     if (g.canvas[d] % g.tile[d] != 0) return true;
-  return g.text_valid % block_n != 0;
+  return false;
+}
+}  // namespace
+
+bool sta_hopper_needs_masks(const StaGeometry& g, int32_t block_n) {
+  return canvas_padded(g) || g.text_valid % block_n != 0;
 }
 
 int32_t sta_hopper_text_tail_only(const StaGeometry& g, int32_t block_n) {
-  for (int d = 0; d < 3; ++d)
-    if (g.canvas[d] % g.tile[d] != 0) return 0;
-  return g.text_valid % block_n;
+  return canvas_padded(g) ? 0 : g.text_valid % block_n;
 }
 
 // "auto" resolves to what measured fastest on launches of each kind (docs/perf-notes.md, "Variants
