@@ -144,7 +144,8 @@ int32_t sta_hopper_text_tail_only(const StaGeometry& g, int32_t block_n) {
 // 35.9 ms, text 29.9-30.3 -> 29.0-30.1 ms) that costs unmasked dense launches 0.8%; the persistent
 // longest-first grid balances heads with different windows (mixed 44.6 vs 45.1 ms) but costs 8% on
 // long uniform launches (dense 312.6 vs 288.5 ms); "skip" is the best, or within run-to-run noise of
-// it, everywhere else.
+// it, everywhere else. Session 8 (device run 2): launches whose only masked visit is the text tail run
+// "tail" (paper shape, 256 text slots with 200 valid: 28.58 ms against deep's 29.45 and skip's 29.70).
 StaHopperVariant sta_hopper_resolve(const StaAttentionParams& p, StaHopperVariant v) {
   if (v.kind != StaHopperVariant::Auto) return v;
   const bool rows64 = p.geom.tile_tokens % 128 != 0;
@@ -154,7 +155,8 @@ StaHopperVariant sta_hopper_resolve(const StaAttentionParams& p, StaHopperVarian
     differ = a.t != b.t || a.h != b.h || a.w != b.w;
   }
   StaHopperVariant r;
-  if (!rows64 && sta_hopper_needs_masks(p.geom, kHopperKeyBlock128)) r.kind = StaHopperVariant::Deep;
+  if (!rows64 && sta_hopper_text_tail_only(p.geom, kHopperKeyBlock128)) r.kind = StaHopperVariant::Tail;
+  else if (!rows64 && sta_hopper_needs_masks(p.geom, kHopperKeyBlock128)) r.kind = StaHopperVariant::Deep;
   else if (differ) r.kind = StaHopperVariant::Persist;
   else r.kind = StaHopperVariant::Skip;
   return r;

@@ -364,19 +364,20 @@ bool sta_hopper_supports(const StaAttentionParams& p);
 //   128 tokens; 64-row CTAs keep 2 stages), not persistent;
 // - "pingpong": skip, with FA3's inter-warpgroup ping-pong on 128-row CTAs: the two consumer
 //   warpgroups take turns (named barriers) so that one's GEMMs run while the other runs its softmax;
-//   64-row CTAs (one consumer warpgroup) run as "skip". Not chosen by "auto" (not yet timed);
+//   64-row CTAs (one consumer warpgroup) run as "skip". Not chosen by "auto" (session 8: 13-15%
+//   slower than "skip" on the paper shapes);
 // - "pingpong-deep": pingpong on deep's 3-stage ring (the turns halve the producer's window to refill
-//   a stage; 64-row CTAs run as "skip"). Not chosen by "auto" (not yet timed);
+//   a stage; 64-row CTAs run as "skip"). Not chosen by "auto" (session 8: 13-15% slower than "skip");
 // - "tail": skip, and launches whose only masked visits are the text tail (the canvas divisible by the
 //   tile, text_valid not a multiple of the key block) run the UNMASKED instance too: the text tail is
 //   every work item's last visit (text key blocks come last in the visit list), so its consumers mask
 //   the columns at and past text_valid % key block on that visit from the launch's arguments (no mask
-//   words, no per-stage flags, no end-of-item stage). 128-row CTAs only (64-row CTAs run it as "skip").
-//   Not chosen by "auto" (not yet timed);
-// - "auto" (the default): per launch, the variant measured fastest on launches of its kind (session 4,
-//   docs/perf-notes.md): "deep" when a visit needs a mask on 128-row CTAs (text slots not filling key
-//   blocks, padded canvases), else "persist" when the heads' windows differ (host_windows; the
-//   longest-first order balances them), else "skip".
+//   words, no per-stage flags, no end-of-item stage). 128-row CTAs only (64-row CTAs run it as "skip");
+// - "auto" (the default): per launch, the variant measured fastest on launches of its kind (sessions 4
+//   and 8, docs/perf-notes.md): "tail" when the text tail is the only masked visit on 128-row CTAs
+//   (a tile-divisible canvas, text_valid not filling its key block), "deep" when other visits need a
+//   mask on 128-row CTAs (padded canvases), else "persist" when the heads' windows differ
+//   (host_windows; the longest-first order balances them), else "skip".
 struct StaHopperVariant {
   enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep, Auto, PingPong, PingPongDeep, Tail } kind = Auto;
   int32_t max_ctas = 0;  // "persist:N": at most N CTAs (0: no cap); tests use it to give CTAs many items
@@ -393,8 +394,8 @@ bool sta_hopper_needs_masks(const StaGeometry& g, int32_t block_n);
 // text_valid % block_n != 0): text_valid % block_n; 0 otherwise (no mask, or masks elsewhere too).
 int32_t sta_hopper_text_tail_only(const StaGeometry& g, int32_t block_n);
 // The variant a launch of p runs: v itself, or for "auto" the concrete choice (see Auto above):
-// "deep" for masked launches on 128-row CTAs, "persist" when host_windows differ between heads,
-// "skip" otherwise.
+// "tail" when the text tail is the only masked visit on 128-row CTAs, "deep" for other masked launches
+// on 128-row CTAs, "persist" when host_windows differ between heads, "skip" otherwise.
 StaHopperVariant sta_hopper_resolve(const StaAttentionParams& p, StaHopperVariant v);
 // The name the variant is selected by ("persist:3" for a capped persistent grid).
 std::string sta_hopper_variant_name(const StaHopperVariant& v);

@@ -1067,7 +1067,8 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
   }
 }
 
-// "auto" (the default variant) picks per launch: the 3-stage ring for masked launches on 128-row
+// "auto" (the default variant) picks per launch: the text tail masked in the unmasked instance when it
+// is the only masked visit on 128-row CTAs, the 3-stage ring for other masked launches on 128-row
 // CTAs, the persistent grid for heads with different windows, block skipping otherwise; a named
 // variant is kept as it is.
 TEST(StaSelector, HopperAutoResolution) {
@@ -1084,7 +1085,10 @@ TEST(StaSelector, HopperAutoResolution) {
   };
   EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}), &same), V::Skip) << "whole 128-token tiles, no text";
   EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}, 256, 256), &same), V::Skip) << "text filling key blocks";
-  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}, 256, 200), &same), V::Deep) << "200 of 256 text slots";
+  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}, 256, 200), &same), V::Tail) << "200 of 256 text slots";
+  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}, 256, 200), &mixed), V::Tail) << "text tail, mixed windows";
+  EXPECT_EQ(resolve(geom({33, 45, 80}, {6, 8, 8}, 256, 200), &same), V::Deep) << "text on a padded canvas";
+  EXPECT_EQ(resolve(geom({10, 48, 80}, {1, 8, 8}, 256, 200), &same), V::Skip) << "text tail, 64-row CTAs";
   EXPECT_EQ(resolve(geom({33, 45, 80}, {6, 8, 8}), &same), V::Deep) << "padded canvas, 384-token tiles";
   EXPECT_EQ(resolve(geom({33, 45, 80}, {3, 8, 8}), &same), V::Skip) << "padded canvas, 64-row CTAs";
   EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}), &mixed), V::Persist) << "different windows";
