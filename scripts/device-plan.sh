@@ -23,7 +23,8 @@
 #          attention backends (session 6: masked SDPA 0.9 ms of a 235 ms step).
 #                                                         carry ["tools/demo/runs/main"] (prepared as in 1.)
 #   call2  the DiT on (DIT2_MIN; 0 leaves it as it is), STA fine-tuning from it (STA_MIN minutes, STA_BATCH
-#          native clips per step, default 16), eval.py on the 20 held-out prompts.
+#          native clips per step, default 16; STA_ARGS: more train.py options, comma-separated, e.g.
+#          --data-weight,0.2,--distill-weight,1,--steps,1000000), eval.py on the 20 held-out prompts.
 #                                                         carry ["tools/demo/runs/main"] if cold
 #   call3  the GPU checks of binaries built here by scripts/gpu-bundle.sh (test_sta with the Hopper kernel
 #          and every variant, the ping-pong variants apart, test_dit, bench_sta, the A/B against
@@ -85,7 +86,7 @@ call2)
     pack_dit="dit "
   fi
   PACK="${vae:+vae }${pack_dit}sta" tools/demo/device_run.sh \
-    "${vae}${dit}sta:${STA_MIN:-3}:--reuse,2,--batch,$((4 * ${STA_BATCH:-16})),--no-optimizer-state$toy eval${toy:+:0:--n,2,--steps,2}" \
+    "${vae}${dit}sta:${STA_MIN:-3}:--reuse,2,--batch,$((4 * ${STA_BATCH:-16})),--no-optimizer-state${STA_ARGS:+,$STA_ARGS}$toy eval${toy:+:0:--n,2,--steps,2}" \
     > /dev/null 2>&1
   echo "training rc $?"
   grep -E '"stage": "(dit|sta)"' "$OUT/log.txt" | sed -n '1,2p;$p' | cut -c1-300

@@ -392,7 +392,11 @@ def stage_dit(args, spec, device, log, sta: bool = False):
                 out_d = F.mse_loss(v, vt)
                 layers = sorted(student_attn.records)
                 attn_d = sum(F.mse_loss(student_attn.records[l].float(), dense.records[l].float()) for l in layers) / len(layers)
-                loss = data + 0.5 * out_d + 0.5 * attn_d
+                # The paper's recipe: data loss + distillation of the output and of every attention
+                # layer from the frozen dense DiT (sta.md section 6); --data-weight and --distill-weight
+                # move the balance towards the teacher (session 8: the data term pulled the 95% dense
+                # teacher's STA student to 75% dense / 80% STA).
+                loss = args.data_weight * data + args.distill_weight * (out_d + attn_d)
                 extra = {"out_distill": float(out_d), "attn_distill": float(attn_d)}
                 student_attn.records = {}
         lr = _lr(step, base_lr, 20 if sta else 200, total, budget=budget, start=warm_from)
@@ -418,6 +422,9 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="stop at this total step count")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--data-weight", type=float, default=1.0, help="STA stage: weight of the flow-matching data loss")
+    ap.add_argument("--distill-weight", type=float, default=0.5,
+                    help="STA stage: weight of the output and attention distillation terms (each)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--save-every", type=int, default=0)
