@@ -10,8 +10,9 @@
 set -euo pipefail
 build="${1:-build}"
 cd "$(dirname "$0")/.."
-out="$PWD/$build/demo.mp4"
-log="$PWD/$build/demo-server.log"
+build=$(cd "$build" && pwd)  # absolute: a bundle unpacked elsewhere (scripts/server_bundle.py) serves too
+out="$build/demo.mp4"
+log="$build/demo-server.log"
 "$build/server/stavid_server" --config=deploy/models/demo.json --listen=127.0.0.1:0 --metrics-listen=127.0.0.1:0 \
   > "$log" 2>&1 &
 server=$!

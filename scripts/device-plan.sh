@@ -26,6 +26,11 @@
 #          native clips per step, default 16; STA_ARGS: more train.py options, comma-separated, e.g.
 #          --data-weight,0.2,--distill-weight,1,--steps,1000000), eval.py on the 20 held-out prompts.
 #                                                         carry ["tools/demo/runs/main"] if cold
+#   call4  the served product on the H200 (issue 8: <= 3 s per generation): scripts/demo.sh, then
+#          check_video.py per attention variant on the held-out prompts, through the server, client and
+#          decoder built here. carry [".gpubin"]; first: scripts/server_bundle.py .gpubin/server.tar.xz build
+#          build/server/stavid_server build/client/stavid build/server/media/stavid_mp4_frames (20 MB; the
+#          tree is about 29 MB, so it fits the 64 MiB carry beside the 10 MB test bundle).
 #   call3  the GPU checks of binaries built here by scripts/gpu-bundle.sh (test_sta with the Hopper kernel
 #          and every variant, the ping-pong variants apart, test_dit, bench_sta, the A/B against
 #          bench_sta_ref* when the bundle has them; the peers when staged).
@@ -148,8 +153,28 @@ call3)
     "${PY:-python3}" tools/bench/sta_report.py "$OUT/bench_sta.jsonl" "$OUT/peer_attention.jsonl" | grep SUMMARY
   fi
   ;;
+call4)
+  # The served product on the H200: the server, client and MP4 decoder built HERE with their Debian
+  # libraries (scripts/server_bundle.py: FFmpeg's unused codec dependencies stubbed; about 20 MB, so it
+  # travels with the tracked tree). make demo's flow first (a fresh server: its generation includes the
+  # first-use costs), then check_video.py on the held-out prompts per attention variant: each clip is a
+  # gRPC generation against a warm server, decoded and checked (accuracy and seconds per clip, stage times).
+  s=/tmp/s
+  mkdir -p $s && tar xJf .gpubin/server.tar.xz -C $s || exit 1
+  export LD_LIBRARY_PATH=$s/lib
+  nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu --format=csv,noheader
+  timeout 150 scripts/demo.sh $s > "$OUT/demo.txt" 2>&1; echo "demo rc $?"; tail -4 "$OUT/demo.txt" | cut -c1-300
+  cp $s/demo-server.log "$OUT/" 2>/dev/null
+  for sta in fixed dense strategy:calibrated; do
+    arg=""; [ "$sta" != fixed ] && arg="--sta $sta"
+    timeout 150 "${PY:-python3}" tools/demo/check_video.py --config deploy/models/demo.json --model demo \
+      --prompts-file deploy/models/demo-model/heldout.json --limit "${SERVE_N:-20}" --bin-dir $s --min-pass 0 $arg \
+      > "$OUT/served_${sta#strategy:}.jsonl" 2>> "$OUT/served.err"
+    echo "served $sta rc $?"; sed -n '1p;$p' "$OUT/served_${sta#strategy:}.jsonl" | cut -c1-300
+  done
+  ;;
 *)
-  echo "usage: scripts/device-plan.sh call1|call2|call3" >&2
+  echo "usage: scripts/device-plan.sh call1|call2|call3|call4" >&2
   exit 2
   ;;
 esac
