@@ -159,6 +159,14 @@ def main():
     with open(os.path.join(run, "dit", "state.json")) as f:
         assert json.load(f)["step"] == 8, "the DiT stage did not resume from the stripped checkpoint"
     sh([py, tr, "sta", "--run", run, "--toy", "--steps", "3"], env=env)
+    # --half: the weights as fp16 (a teacher and a student travel together); the stage resumes from them,
+    # here with the distillation-weighted loss.
+    sh([py, os.path.join(HERE, "strip_optimizer.py"), os.path.join(run, "sta"), "--half"], env=env)
+    t, meta = C.load_tensors(os.path.join(run, "sta"), "sta")
+    assert meta["step"] == 3 and all(v.dtype == C.torch.float16 for v in t.values()), "strip_optimizer --half"
+    sh([py, tr, "sta", "--run", run, "--toy", "--steps", "4", "--data-weight", "0.2", "--distill-weight", "1"], env=env)
+    with open(os.path.join(run, "sta", "state.json")) as f:
+        assert json.load(f)["step"] == 4, "the STA stage did not resume from the fp16 checkpoint"
     info = json.loads(sh([py, os.path.join(HERE, "export.py"), "--run", run, "--out", model], env=env))
     assert info["dit_checkpoint"] == "sta"
     rep = json.loads(sh([py, os.path.join(HERE, "parity.py"), "--model", model, "--parity-bin", args.parity_bin],
