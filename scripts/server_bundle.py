@@ -5,6 +5,7 @@ server's H.264 encode, MP4 mux and decode paths never call are replaced by stubs
 drops their own dependency trees too (ICU, cairo, glib, x265, codec2, ...).
 
     scripts/server_bundle.py OUT.tar.xz BUILD_DIR BINARY [BINARY ...]
+    scripts/server_bundle.py --dir DIR BUILD_DIR BINARY [BINARY ...]   (unpacked, for tests)
 
 Binaries keep their paths under BUILD_DIR (server/stavid_server, client/stavid, ...), so the unpacked folder
 serves as a build folder: mkdir -p /tmp/s && tar xJf OUT.tar.xz -C /tmp/s &&
@@ -61,30 +62,46 @@ def plan(binaries):
     return paths, real, stubs - real
 
 
+def pack(dest, root, binaries):
+    """Binaries (under root), their real libraries and the stubs into the folder dest; returns the counts."""
+    paths, real, stubs = plan(binaries)
+    os.makedirs(os.path.join(dest, "lib"), exist_ok=True)
+    tops = {"lib"}
+    for b in binaries:
+        rel = os.path.relpath(b, root)
+        if rel.startswith(".."):
+            raise SystemExit(f"server_bundle: {b} is not under {root}")
+        os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+        shutil.copy2(b, os.path.join(dest, rel))
+        tops.add(rel.split(os.sep)[0])
+    for so in sorted(real):
+        shutil.copy2(paths[so], os.path.join(dest, "lib", so))  # follows the symlink: the file under its soname
+    for so in sorted(stubs):
+        subprocess.run([sys.executable, os.path.join(HERE, "stub_so.py"), paths[so], os.path.join(dest, "lib")],
+                       check=True, capture_output=True)
+    return tops, len(real), len(stubs)
+
+
 def main():
-    if len(sys.argv) < 4:
+    args = sys.argv[1:]
+    folder = None
+    if args[:1] == ["--dir"] and len(args) > 1:
+        folder, args = args[1], args[2:]
+    elif args:
+        out, args = args[0], args[1:]
+    if len(args) < 2:
         print(__doc__, file=sys.stderr)
         return 2
-    out, root, binaries = sys.argv[1], sys.argv[2], sys.argv[3:]
-    paths, real, stubs = plan(binaries)
+    root, binaries = args[0], args[1:]
+    if folder:
+        _, n_real, n_stubs = pack(folder, root, binaries)
+        print(f"{folder}: {len(binaries)} binaries, {n_real} libraries, {n_stubs} stubs")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
-        os.makedirs(os.path.join(tmp, "lib"))
-        tops = {"lib"}
-        for b in binaries:
-            rel = os.path.relpath(b, root)
-            if rel.startswith(".."):
-                raise SystemExit(f"server_bundle: {b} is not under {root}")
-            os.makedirs(os.path.join(tmp, os.path.dirname(rel)), exist_ok=True)
-            shutil.copy2(b, os.path.join(tmp, rel))
-            tops.add(rel.split(os.sep)[0])
-        for so in sorted(real):
-            shutil.copy2(paths[so], os.path.join(tmp, "lib", so))  # follows the symlink: the file under its soname
-        for so in sorted(stubs):
-            subprocess.run([sys.executable, os.path.join(HERE, "stub_so.py"), paths[so], os.path.join(tmp, "lib")],
-                           check=True, capture_output=True)
+        tops, n_real, n_stubs = pack(tmp, root, binaries)
         subprocess.run(["tar", "-C", tmp, "-cJf", os.path.abspath(out), *sorted(tops)], check=True,
                        env=dict(os.environ, XZ_OPT="-9 -T2"))
-    print(f"{out}: {len(binaries)} binaries, {len(real)} libraries, {len(stubs)} stubs, {os.path.getsize(out)} bytes")
+    print(f"{out}: {len(binaries)} binaries, {n_real} libraries, {n_stubs} stubs, {os.path.getsize(out)} bytes")
     return 0
 
 
