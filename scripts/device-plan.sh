@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# A session's device plan (docs/demo-model.md "Session 7", docs/perf-notes.md "Session 7 (device run 3)"),
-# calls each complete on its own and under the tool's 10 minutes. Session 8's order:
+# A session's device plan (docs/demo-model.md "Session 8", docs/perf-notes.md "Session 8"), calls each complete
+# on its own and under the tool's 10 minutes. Session 9's order:
 #
-#   1. `DIT2_MIN=0 STA_MIN=7 STA_BATCH=32 scripts/device-plan.sh call2`: STA fine-tuning of the SHIPPED dense
-#      DiT (step 15,451: 95% through the product) for 7 min at 32 native clips per step (session 7: 3.1 steps/s
-#      at 16, where the DiT stage was dispatch-bound too; the first log lines give the rate), then eval.py on
-#      the 20 held-out prompts; sta/ and eval/ come
-#      back. carry ["tools/demo/runs/main"], prepared here first (the carry is 64 MiB WITH the tracked tree,
-#      about 29 MB since the model ships): runs/main holds text, vae (weights only), the tokenizers and dit
-#      WITHOUT its Adam moments (`tools/demo/strip_optimizer.py tools/demo/runs/main/dit`: 34 -> 17 MB), and
-#      no sta/ (a stage resumes the folder it finds) or eval/. About 28 MB.
-#      Then here: ship.py --run tools/demo/runs/main --dit sta --calibrate-prompts 4 --eval 20 (the product's
-#      fine-tuned STA number: issue 8 needs >= 90%), model_card.py, and the card in docs/demo-model.md.
-#   2. `scripts/device-plan.sh call3` (the kernels: the ping-pong variants' test under 200 s, then their
-#      timings and the peers). carry [".gpubin", ".peer"]; rebuild the bundle first when kernels/ changed.
-#   3. With time left: call2 again (STA_MIN more fine-tuning resumes sta/), or call1 (the dense DiT on, with
-#      fresh moments: it warms up again).
+#   1. `DIT2_MIN=0 STA_MIN=7.5 STA_BATCH=32 STA_ARGS=--data-weight,0.2,--distill-weight,1,--steps,1000000,--lr,5e-5
+#      scripts/device-plan.sh call2`, carry ["tools/demo/runs/main"]: continues session 8's distillation-weighted
+#      STA fine-tuning (1,463 steps: 85% through the product, the best so far; issue 8 needs >= 90%) for 7.5 min
+#      (--steps: the stage's default 1,500-step total would stop it at once; the learning rate warms up again, to
+#      half the first call's peak (a cosine restart),
+#      the checkpoint travels without Adam moments), then eval.py. runs/main is prepared: text, vae, tokenizers,
+#      dit and sta with their weights as fp16 (`strip_optimizer.py --half`: teacher and student fit one carry,
+#      28 MB; fp32 copies in runs/aside/s7-dit15451-weights-f32 and s8-sta1463-distill). Unpack sta/ and eval/,
+#      then here: ship.py --run tools/demo/runs/main --dit sta --models-dir /tmp/shipS --eval 20 (copy
+#      deploy/models/demo.json there first, keeping only the `demo` entry), and if fixed STA >= 90%: ship it
+#      (ship.py into deploy/models with --calibrate-prompts 4), model card, CI.
+#   2. `scripts/device-plan.sh call4`, carry [".gpubin"] (server.tar.xz rebuilt at the final commit: scripts/
+#      server_bundle.py, docs/gpu.md): the served product on the H200: make demo's flow, then check_video.py per
+#      attention variant on the 20 held-out prompts (issue 8 item 4: <= 3 s per generation; the served accuracy).
+#   3. `scripts/device-plan.sh call3`, carry [".gpubin", ".peer"] (rebuild the test bundle first if kernels/
+#      changed): the kernels' check, the SASS of the overlap draft (.gpubin/overlap.o.xz), the peers.
 #
 #   call1  the demo DiT resumed at the native size for what the call has left (about 8.8 min; DIT_MIN
 #          overrides), DIT_BATCH native clips per step (default 64), through common.FusedTransformer
@@ -142,6 +144,15 @@ call3)
     timeout 150 $g/bin/bench_sta --only paper_333_text,paper_333 --variants auto,tail,skip,auto,tail,skip 2>&1 |
       sed 's/^{/{"bin":"bench_sta","pass":0,/' > "$OUT/tail.jsonl"
     "${PY:-python3}" tools/bench/ab_report.py "$OUT/tail.jsonl" | grep '"ab"' | cut -c1-160
+  fi
+  # The SASS of the overlap draft's d = 128 instance (.gpubin/overlap.o.xz: kernels/sta_hopper.cu with
+  # .scratch/overlap-v3.diff, compiled here; this machine has no cuobjdump): where its 72 bytes of spills are
+  # (STL / LDL) and what the HGMMAs around them hold (docs/perf-notes.md, "FA3-style overlap, third try").
+  if [ -f .gpubin/overlap.o.xz ] && command -v cuobjdump > /dev/null; then
+    xz -dc .gpubin/overlap.o.xz > /tmp/overlap.o
+    cuobjdump -sass /tmp/overlap.o | awk '/Function : /{keep = /Li128ELi2ELi128ELi3EEELb0ELb0ELb0ELb1E/ && /nv_bfloat16/} keep' \
+      > "$OUT/overlap.sass"
+    echo "overlap SASS: $(wc -l < "$OUT/overlap.sass") lines, $(grep -c 'STL' "$OUT/overlap.sass") STL, $(grep -c 'LDL' "$OUT/overlap.sass") LDL, $(grep -c 'HGMMA' "$OUT/overlap.sass") HGMMA"
   fi
   # The peers in the same command (issue 9's ratios), when `make gpu-stage` staged them and .peer is carried.
   if [ -f .peer/peer_attention.py ]; then
