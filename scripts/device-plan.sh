@@ -5,14 +5,14 @@
 #   1. `DIT2_MIN=0 STA_MIN=7.5 STA_BATCH=32 STA_ARGS=--data-weight,0.2,--distill-weight,1,--steps,1000000,--lr,5e-5
 #      scripts/device-plan.sh call2`, carry ["tools/demo/runs/main"]: continues session 8's distillation-weighted
 #      STA fine-tuning (1,463 steps: 85% through the product, the best so far; issue 8 needs >= 90%) for 7.5 min
-#      (--steps: the stage's default 1,500-step total would stop it at once; the learning rate warms up again, to
-#      half the first call's peak (a cosine restart),
-#      the checkpoint travels without Adam moments), then eval.py. runs/main is prepared: text, vae, tokenizers,
+#      (--steps: the stage's default 1,500-step total would stop it at once; the checkpoint travels without
+#      Adam moments, so the learning rate warms up again, to half the first call's peak: a cosine restart),
+#      then eval.py. runs/main is prepared: text, vae, tokenizers,
 #      dit and sta with their weights as fp16 (`strip_optimizer.py --half`: teacher and student fit one carry,
 #      28 MB; fp32 copies in runs/aside/s7-dit15451-weights-f32 and s8-sta1463-distill). Unpack sta/ and eval/,
-#      then here: ship.py --run tools/demo/runs/main --dit sta --models-dir /tmp/shipS --eval 20 (copy
-#      deploy/models/demo.json there first, keeping only the `demo` entry), and if fixed STA >= 90%: ship it
-#      (ship.py into deploy/models with --calibrate-prompts 4), model card, CI.
+#      then here: ship.py --run tools/demo/runs/main --dit sta --models-dir /tmp/shipS --eval 20 (a scratch
+#      export with its own demo.json), and if fixed STA >= 90%: ship it (ship.py into deploy/models with
+#      --calibrate-prompts 4), model card, CI.
 #   2. `scripts/device-plan.sh call4`, carry [".gpubin"] (server.tar.xz rebuilt at the final commit: scripts/
 #      server_bundle.py, docs/gpu.md): the served product on the H200: make demo's flow, then check_video.py per
 #      attention variant on the 20 held-out prompts (issue 8 item 4: <= 3 s per generation; the served accuracy).

@@ -12,6 +12,7 @@ serves as a build folder: mkdir -p /tmp/s && tar xJf OUT.tar.xz -C /tmp/s &&
 LD_LIBRARY_PATH=/tmp/s/lib scripts/demo.sh /tmp/s
 Libraries the GPU machine has (glibc, libstdc++, libgcc_s) and CUDA's own stay out.
 """
+import argparse
 import os
 import re
 import shutil
@@ -83,20 +84,19 @@ def pack(dest, root, binaries):
 
 
 def main():
-    args = sys.argv[1:]
-    folder = None
-    if args[:1] == ["--dir"] and len(args) > 1:
-        folder, args = args[1], args[2:]
-    elif args:
-        out, args = args[0], args[1:]
-    if len(args) < 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    root, binaries = args[0], args[1:]
-    if folder:
-        _, n_real, n_stubs = pack(folder, root, binaries)
-        print(f"{folder}: {len(binaries)} binaries, {n_real} libraries, {n_stubs} stubs")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", help="write the bundle unpacked into this folder (no tarball)")
+    ap.add_argument("paths", nargs="+", help="[OUT.tar.xz] BUILD_DIR BINARY [BINARY ...]")
+    args = ap.parse_args()
+    paths = args.paths if args.dir else args.paths[1:]
+    if len(paths) < 2:
+        ap.error("expected [OUT.tar.xz] BUILD_DIR BINARY [BINARY ...]")
+    root, binaries = paths[0], paths[1:]
+    if args.dir:
+        _, n_real, n_stubs = pack(args.dir, root, binaries)
+        print(f"{args.dir}: {len(binaries)} binaries, {n_real} libraries, {n_stubs} stubs")
         return 0
+    out = args.paths[0]
     with tempfile.TemporaryDirectory() as tmp:
         tops, n_real, n_stubs = pack(tmp, root, binaries)
         subprocess.run(["tar", "-C", tmp, "-cJf", os.path.abspath(out), *sorted(tops)], check=True,

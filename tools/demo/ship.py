@@ -95,12 +95,19 @@ def main():
                         os.path.join(args.bin_dir, "model", "stavid_calibrate"), "--prompts",
                         str(args.calibrate_prompts)], check=True)
 
+    # The `demo` entry of the folder's demo.json points at the export (other entries kept); a scratch folder
+    # (--models-dir /tmp/x, to measure a checkpoint without shipping it) gets a demo.json of its own.
     config = os.path.join(args.models_dir, "demo.json")
-    with open(config) as f:
-        serving = json.load(f)
+    serving = {"models": []}
+    if os.path.exists(config):
+        with open(config) as f:
+            serving = json.load(f)
     with open(os.path.join(out, "serving.json")) as f:
         entry = rebase(json.load(f)["models"][0], "demo-model")
-    serving["models"] = [entry if m["name"] == "demo" else m for m in serving["models"]]
+    if any(m["name"] == "demo" for m in serving["models"]):
+        serving["models"] = [entry if m["name"] == "demo" else m for m in serving["models"]]
+    else:
+        serving["models"].insert(0, entry)
     with open(config, "w") as f:
         json.dump(serving, f, indent=2)
         f.write("\n")
