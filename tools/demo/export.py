@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 from collections import OrderedDict
+from typing import Optional
 
 import torch
 
@@ -36,7 +37,9 @@ def _write(folder, fname, tensors, config: dict):
     return os.path.getsize(os.path.join(folder, fname))
 
 
-def serving_entry(spec: C.Spec, name: str, rel: str = ".") -> dict:
+def serving_entry(spec: C.Spec, name: str, rel: str = ".", dense_steps: Optional[int] = None) -> dict:
+    """The model's entry of a serving config; dense_steps: the default fixed window's dense first steps
+    (None: 2, 1 for toy runs)."""
     j = lambda *p: os.path.normpath(os.path.join(rel, *p))  # noqa: E731
     return OrderedDict(
         name=name,
@@ -54,11 +57,11 @@ def serving_entry(spec: C.Spec, name: str, rel: str = ".") -> dict:
         max_pixels=spec.height * spec.width,
         defaults=OrderedDict(frames=spec.frames, height=spec.height, width=spec.width, steps=20 if not spec.toy else 2,
                              guidance=6.0, flow_shift=spec.flow_shift, fps=12,
-                             sta={"kind": "fixed", "window": list(spec.window), "dense_steps": 2 if not spec.toy else 1}),
+                             sta={"kind": "fixed", "window": list(spec.window), "dense_steps": dense_steps if dense_steps is not None else (2 if not spec.toy else 1)}),
     )
 
 
-def export(run: str, out: str, which: str = "auto", name: str = "demo") -> dict:
+def export(run: str, out: str, which: str = "auto", name: str = "demo", dense_steps: Optional[int] = None) -> dict:
     spec = C.Spec.load(run)
     tok = T.TextTokenizers.from_dir(run)
     os.makedirs(out, exist_ok=True)
@@ -103,7 +106,7 @@ def export(run: str, out: str, which: str = "auto", name: str = "demo") -> dict:
     with open(os.path.join(out, "heldout.json"), "w") as f:
         json.dump(D.heldout_prompts(20), f, indent=1)
         f.write("\n")
-    entry = serving_entry(spec, name)
+    entry = serving_entry(spec, name, dense_steps=dense_steps)
     with open(os.path.join(out, "serving.json"), "w") as f:
         json.dump({"models": [entry]}, f, indent=2)
         f.write("\n")
@@ -133,8 +136,9 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--dit", default="auto", choices=["auto", "sta", "dit"])
     ap.add_argument("--name", default="demo")
+    ap.add_argument("--dense-steps", type=int, default=None, help="the default fixed window's dense first steps")
     args = ap.parse_args()
-    print(json.dumps(export(args.run, args.out, args.dit, args.name)))
+    print(json.dumps(export(args.run, args.out, args.dit, args.name, args.dense_steps)))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ optionally measures the product on held-out prompts for each attention variant (
 deploy/models/demo-model/eval_cpp.json for the model card.
 
     python3 tools/demo/ship.py --run tools/demo/runs/main [--calibrate-prompts 4] [--eval 20] [--bin-dir build]
-        [--dit auto|sta|dit] [--models-dir DIR]
+        [--dit auto|sta|dit] [--dense-steps N] [--models-dir DIR]
 
 Exits 1 when parity fails (nothing in demo.json changes then).
 """
@@ -76,12 +76,14 @@ def main():
     ap.add_argument("--bin-dir", default="build")
     ap.add_argument("--calibrate-prompts", type=int, default=0, help="0: no calibrated strategy")
     ap.add_argument("--eval", type=int, default=0, help="held-out prompts to check per attention variant (0: none)")
+    ap.add_argument("--dense-steps", type=int, default=None,
+                    help="dense first steps of the served default fixed window (default 2)")
     ap.add_argument("--dit", default="auto", choices=["auto", "sta", "dit"],
                     help="which DiT checkpoint of the run to ship (auto: the STA fine-tuned one when the run has it)")
     args = ap.parse_args()
 
     out = os.path.join(args.models_dir, "demo-model")
-    info = X.export(args.run, out, args.dit)
+    info = X.export(args.run, out, args.dit, dense_steps=args.dense_steps)
     print(json.dumps({"export": out, "total_bytes": info["total_bytes"], "dit": info["dit_checkpoint"]}), flush=True)
     rep = P.run(out, os.path.join(args.bin_dir, "tests", "demo_parity"),
                 ["a red circle moves left on a dark blue background",
