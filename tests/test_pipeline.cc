@@ -169,7 +169,7 @@ TEST(ServingConfig, LoadsTheShippedDemoConfig) {
   EXPECT_EQ(demo->default_sta.window_t(), 3u);
   EXPECT_EQ(demo->default_sta.window_h(), 3u);
   EXPECT_EQ(demo->default_sta.window_w(), 2u);
-  EXPECT_EQ(demo->default_sta.dense_steps(), 2u);
+  EXPECT_EQ(demo->default_sta.dense_steps(), 4u);  // the STA fine-tuned DiT (docs/demo-model.md)
   ASSERT_EQ(demo->strategies.count("calibrated"), 1u);
   EXPECT_TRUE(fs::is_regular_file(demo->strategies.at("calibrated")));
   EXPECT_TRUE(fs::is_regular_file(models + "/demo-model/heldout.json"));
