@@ -60,7 +60,8 @@ def stub(lib: str, out_dir: str) -> str:
         nodes = {}
         for s, ver, _, _ in syms:
             nodes.setdefault(ver, []).append(s)
-        cmd = ["gcc", "-shared", "-fPIC", "-w", "-fno-builtin", "-o", os.path.join(out_dir, name), c, f"-Wl,-soname,{name}"]
+        cmd = ["gcc", "-shared", "-fPIC", "-w", "-fno-builtin", "-o", os.path.join(out_dir, name), c,
+               f"-Wl,-soname,{name}"]
         versioned = [v for v in nodes if v is not None]
         if versioned:
             # Unversioned exports of a versioned library go to its first node (a version script

@@ -40,6 +40,8 @@ def _write(folder, fname, tensors, config: dict):
 def serving_entry(spec: C.Spec, name: str, rel: str = ".", dense_steps: Optional[int] = None) -> dict:
     """The model's entry of a serving config; dense_steps: the default fixed window's dense first steps
     (None: 2, 1 for toy runs)."""
+    if dense_steps is None:
+        dense_steps = 2 if not spec.toy else 1
     j = lambda *p: os.path.normpath(os.path.join(rel, *p))  # noqa: E731
     return OrderedDict(
         name=name,
@@ -57,7 +59,7 @@ def serving_entry(spec: C.Spec, name: str, rel: str = ".", dense_steps: Optional
         max_pixels=spec.height * spec.width,
         defaults=OrderedDict(frames=spec.frames, height=spec.height, width=spec.width, steps=20 if not spec.toy else 2,
                              guidance=6.0, flow_shift=spec.flow_shift, fps=12,
-                             sta={"kind": "fixed", "window": list(spec.window), "dense_steps": dense_steps if dense_steps is not None else (2 if not spec.toy else 1)}),
+                             sta={"kind": "fixed", "window": list(spec.window), "dense_steps": dense_steps}),
     )
 
 
