@@ -56,6 +56,19 @@ def stage_seconds(client_stdout: str) -> dict:
     return {}
 
 
+def decode_and_check(frames_bin: str, mp4: str, npy: str, prompt: str) -> dict:
+    """Decodes mp4 into npy (stavid_mp4_frames) and runs the checker on it; RuntimeError when decoding fails."""
+    r = subprocess.run([frames_bin, mp4, npy], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"stavid_mp4_frames failed on {mp4}: {r.stderr.strip()}")
+    return K.check(np.load(npy), prompt)
+
+
+def scalars(res: dict) -> dict:
+    """The checker result's JSON-printable fields."""
+    return {k: v for k, v in res.items() if isinstance(v, (bool, int, float, str))}
+
+
 def check_mp4(mp4: str, prompts: list, frames_bin: str) -> int:
     """One existing MP4 against its prompt: a JSON line with the checker's verdict; 0 pass, 1 fail, 2 setup error."""
     if len(prompts) != 1:
@@ -65,14 +78,12 @@ def check_mp4(mp4: str, prompts: list, frames_bin: str) -> int:
         print(f"check_video: {frames_bin} is missing (build first)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="stavid-check-") as work:
-        npy = os.path.join(work, "frames.npy")
-        r = subprocess.run([frames_bin, mp4, npy], capture_output=True, text=True)
-        if r.returncode != 0:
-            print(f"check_video: stavid_mp4_frames failed on {mp4}: {r.stderr.strip()}", file=sys.stderr)
+        try:
+            res = decode_and_check(frames_bin, mp4, os.path.join(work, "frames.npy"), prompts[0])
+        except RuntimeError as e:
+            print(f"check_video: {e}", file=sys.stderr)
             return 2
-        res = K.check(np.load(npy), prompts[0])
-    print(json.dumps({"prompt": prompts[0], "mp4": mp4,
-                      **{k: v for k, v in res.items() if isinstance(v, (bool, int, float, str))}}), flush=True)
+    print(json.dumps({"prompt": prompts[0], "mp4": mp4, **scalars(res)}), flush=True)
     return 0 if res["pass"] else 1
 
 
@@ -138,12 +149,8 @@ def main():
             seconds.append(time.time() - t0)
             if r_gen.returncode != 0:
                 raise RuntimeError(f"client failed ({r_gen.returncode}) on {prompt!r}: {r_gen.stderr.strip()}")
-            r = subprocess.run([frames_bin, mp4, npy], capture_output=True, text=True)
-            if r.returncode != 0:
-                raise RuntimeError(f"stavid_mp4_frames failed on {mp4}: {r.stderr.strip()}")
-            res = K.check(np.load(npy), prompt)
-            line = {"prompt": prompt, "seconds": round(seconds[-1], 2), **stage_seconds(r_gen.stdout),
-                    **{k: v for k, v in res.items() if isinstance(v, (bool, int, float, str))}}
+            res = decode_and_check(frames_bin, mp4, npy, prompt)
+            line = {"prompt": prompt, "seconds": round(seconds[-1], 2), **stage_seconds(r_gen.stdout), **scalars(res)}
             print(json.dumps(line), flush=True)
             results.append(res)
     except RuntimeError as e:
