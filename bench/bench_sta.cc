@@ -12,8 +12,8 @@
 //   heads using it) and "mixed_over_weighted" (the goal: <= 1.05). The single runs print as
 //   "mixed_single_<window>" lines.
 // GPU cases: the paper shape (30x48x80, tile 6x8x8) at (3,3,3), (5,5,5) and full (5,6,10), each
-// without text and with 256 text slots (200 valid); the 720p canvas 33x45x80 with tiles 6x8x8 and
-// 3x8x8 at (3,3,3); the mixed set. Without a GPU (or with --cpu) a tiny CPU variant runs instead.
+// without text and with 256 text slots (200 valid); the 720p canvas 33x45x80 with tiles 6x8x8, 3x8x8
+// and 3x8x16 at (3,3,3); the mixed set. Without a GPU (or with --cpu) a tiny CPU variant runs instead.
 // - With the Hopper kernel (the default on sm_90; STAVID_STA_HOPPER=0 runs the portable kernels)
 //   the line adds "variant" (STAVID_STA_HOPPER_VARIANT, kernels/sta.h); --variants A,B,... times
 //   each case once per variant in turn (setting the variable), so variants of one case run back to
@@ -215,6 +215,9 @@ void run_gpu(const Options& o) {
   b.bench({"paper_333_text256", paper, t688, 256, 256, w333});  // every text slot valid: no masks
   b.bench({"720p_688_333", p720, t688, 0, 0, w333});
   b.bench({"720p_388_333", p720, t388, 0, 0, w333});
+  // 720p with 384-token tiles that keep t whole (33 = 11 x 3) and w whole (80 = 5 x 16): only h pads
+  // (45 -> 48), and 128-row CTAs.
+  b.bench({"720p_3816_333", p720, {3, 8, 16}, 0, 0, w333});
   b.bench({"mixed", paper, t688, 0, 0, round_robin(kHeads), true});
 }
 

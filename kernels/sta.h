@@ -373,13 +373,19 @@ bool sta_hopper_supports(const StaAttentionParams& p);
 //   every work item's last visit (text key blocks come last in the visit list), so its consumers mask
 //   the columns at and past text_valid % key block on that visit from the launch's arguments (no mask
 //   words, no per-stage flags, no end-of-item stage). 128-row CTAs only (64-row CTAs run it as "skip");
-// - "auto" (the default): per launch, the variant measured fastest on launches of its kind (sessions 4
-//   and 8, docs/perf-notes.md): "tail" when the text tail is the only masked visit on 128-row CTAs
-//   (a tile-divisible canvas, text_valid not filling its key block), "deep" when other visits need a
-//   mask on 128-row CTAs (padded canvases), else "persist" when the heads' windows differ
+// - "overlap": deep, with FA3's intra-warpgroup pipelining in the consumers (block j's Q K^T and block
+//   j - 1's P V issued back to back, block j's softmax under that P V), on unmasked, text-tail-only (as
+//   "tail") and masked launches alike; 64-row CTAs run it as "skip". Session 9: first compiled without
+//   spills at d = 128 (the consumers' waits no longer trap); session 9: 8-11% faster than "deep";
+// - "overlap-pp": overlap, with the two consumer warpgroups also taking turns to issue (FA3's full
+//   schedule: ping-pong and intra-warpgroup overlap); 64-row CTAs run it as "skip". Session 9: the
+//   fastest on every case timed (0.5-4% ahead of "overlap"), so "auto" picks it on 128-row CTAs;
+// - "auto" (the default): per launch, the variant measured fastest on launches of its kind (sessions 4,
+//   8 and 9, docs/perf-notes.md): "overlap-pp" on 128-row CTAs (every launch kind: unmasked, text tail,
+//   padded canvases, mixed windows); on 64-row CTAs "persist" when the heads' windows differ
 //   (host_windows; the longest-first order balances them), else "skip".
 struct StaHopperVariant {
-  enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep, Auto, PingPong, PingPongDeep, Tail } kind = Auto;
+  enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep, Auto, PingPong, PingPongDeep, Tail, Overlap, OverlapPingPong } kind = Auto;
   int32_t max_ctas = 0;  // "persist:N": at most N CTAs (0: no cap); tests use it to give CTAs many items
 };
 // Parses STAVID_STA_HOPPER_VARIANT (unset or empty: auto); throws InvalidArgument on an unknown name.
@@ -394,8 +400,8 @@ bool sta_hopper_needs_masks(const StaGeometry& g, int32_t block_n);
 // text_valid % block_n != 0): text_valid % block_n; 0 otherwise (no mask, or masks elsewhere too).
 int32_t sta_hopper_text_tail_only(const StaGeometry& g, int32_t block_n);
 // The variant a launch of p runs: v itself, or for "auto" the concrete choice (see Auto above):
-// "tail" when the text tail is the only masked visit on 128-row CTAs, "deep" for other masked launches
-// on 128-row CTAs, "persist" when host_windows differ between heads, "skip" otherwise.
+// "overlap-pp" on 128-row CTAs; on 64-row CTAs "persist" when host_windows differ between heads,
+// "skip" otherwise.
 StaHopperVariant sta_hopper_resolve(const StaAttentionParams& p, StaHopperVariant v);
 // The name the variant is selected by ("persist:3" for a capped persistent grid).
 std::string sta_hopper_variant_name(const StaHopperVariant& v);

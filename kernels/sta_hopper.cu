@@ -59,8 +59,12 @@
 // - Variant "pingpong" (128-row CTAs): the two consumer warpgroups take turns on the tensor cores
 //   through two named barriers, so one runs its softmax while the other's P V and next Q K^T run
 //   (protocol at the kernel's template).
-// Not yet here: the intra-warpgroup overlap (tried: registers, docs/perf-notes.md), lazy rescaling, a
-// TMA store.
+// - Variants "overlap" and "overlap-pp" (128-row CTAs, 3-stage ring; "auto" runs overlap-pp there):
+//   FA3's intra-warpgroup pipelining, block j's Q K^T and block j - 1's P V issued back to back and
+//   block j's softmax under that P V, without and with the turns of "pingpong" (protocol at the
+//   kernel's template). Their consumers wait without the watchdog trap (mbar_wait_spin), which would
+//   hold them to 168 registers.
+// Not yet here: lazy rescaling, a TMA store, the overlap on 64-row CTAs.
 #include <cuda.h>  // CUtensorMap and its enums only: the driver entry point is fetched at run time
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -182,6 +186,21 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   const long long t0 = clock64();
   while (!mbar_try_wait(bar, parity))
     if (clock64() - t0 > (1ll << 34)) __trap();
+}
+// The overlap instances' consumer wait: a plain spin, no watchdog. A trap on the consumers' path makes
+// ptxas allocate the code after setmaxnreg.inc within the launch-bounds average (168 registers for 384
+// threads) instead of the setmaxnreg value (session 9: a toy overlap loop spills 72 bytes with the
+// trapping wait and none without). A consumer hang leaves the producer waiting on `empty`, whose
+// watchdog traps. The other instances keep the trapping wait: without it their consumers ran 1-4.5%
+// slower (session 9, device run 1: skip dense 296.8 vs 283.4 ms).
+__device__ __forceinline__ void mbar_wait_spin(uint32_t bar, uint32_t parity) {
+  while (!mbar_try_wait(bar, parity)) {
+  }
+}
+template <bool kSpin>
+__device__ __forceinline__ void consumer_wait(uint32_t bar, uint32_t parity) {
+  if constexpr (kSpin) mbar_wait_spin(bar, parity);
+  else mbar_wait(bar, parity);
 }
 
 // One 4-D TMA box {64 cols, rows, 1 head, 1 batch} at coordinates (c0, row, head, batch) into shared
@@ -379,6 +398,98 @@ __device__ __forceinline__ void turn_wait(int cw) {  // until warpgroup cw's tur
 __device__ __forceinline__ void turn_pass(int cw) {  // from warpgroup cw to the other
   named_bar_arrive<kTurnThreads>(kBarTurn0 + 1 - cw);
 }
+
+// ---- the consumers' per-block steps on the S accumulator fragment (64 x BN per warpgroup) ----
+// Thread rows: lane / 4 (values 4 n + 0, 1) and lane / 4 + 8 (4 n + 2, 3) of the warp's 16 rows; this
+// thread's columns are 8 n + 2 (lane % 4) + e, e in {0, 1}.
+
+// The text tail (kTail instance): columns at and past `valid` become -inf (text slots past text_valid,
+// or rows past the sequence, zero-filled).
+template <int kBN>
+__device__ __forceinline__ void mask_tail(float (&s)[kBN / 2], int32_t valid, int lane) {
+#pragma unroll
+  for (int n = 0; n < kBN / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+      if (8 * n + 2 * (lane % 4) + e >= valid) s[4 * n + e] = s[4 * n + 2 + e] = -INFINITY;
+}
+
+// A masked stage's valid keys (bit i of word w: key 32 w + i): column 8 n + 2 (lane % 4) + e is bit
+// 8 (n % 4) + 2 (lane % 4) + e of word n / 4.
+template <int kBN>
+__device__ __forceinline__ void mask_words(float (&s)[kBN / 2], const uint32_t* words, int lane) {
+  uint32_t valid[kBN / 32];
+#pragma unroll
+  for (int w = 0; w < kBN / 32; ++w) valid[w] = words[w] >> (2 * (lane % 4));
+#pragma unroll
+  for (int n = 0; n < kBN / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+      if (!((valid[n / 4] >> (8 * (n % 4) + e)) & 1u)) s[4 * n + e] = s[4 * n + 2 + e] = -INFINITY;
+}
+
+// Online softmax in the exp2 domain: S becomes P (unnormalized), the row maxima m and sums l move on,
+// alpha is the factor the running O takes. A row whose keys so far are all masked keeps m = -inf:
+// alpha 0, base 0, P = 0 (no NaN).
+template <int kBN>
+__device__ __forceinline__ void online_softmax(float (&s)[kBN / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                               float scale_log2) {
+#pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < kBN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * rh], s[4 * n + 2 * rh + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[rh], mx * scale_log2);
+    alpha[rh] = m[rh] == -INFINITY ? 0.f : fast_exp2(m[rh] - m_new);
+    m[rh] = m_new;
+    const float base_m = m_new == -INFINITY ? 0.f : m_new;
+    float sum = 0.f;
+#pragma unroll
+    for (int n = 0; n < kBN / 8; ++n) {
+      const float p0 = fast_exp2(s[4 * n + 2 * rh] * scale_log2 - base_m);
+      const float p1 = fast_exp2(s[4 * n + 2 * rh + 1] * scale_log2 - base_m);
+      s[4 * n + 2 * rh] = p0;
+      s[4 * n + 2 * rh + 1] = p1;
+      sum += p0 + p1;
+    }
+    l[rh] = l[rh] * alpha[rh] + sum;
+  }
+}
+
+template <int kD>
+__device__ __forceinline__ void rescale_o(float (&o)[kD / 2], const float (&alpha)[2]) {
+#pragma unroll
+  for (int n = 0; n < kD / 8; ++n) {
+    o[4 * n + 0] *= alpha[0];
+    o[4 * n + 1] *= alpha[0];
+    o[4 * n + 2] *= alpha[1];
+    o[4 * n + 3] *= alpha[1];
+  }
+}
+
+// P (T) in the wgmma A-fragment layout: k-step kk takes S columns [16 kk, 16 kk + 16), i.e. the
+// accumulator n-tiles 2 kk and 2 kk + 1.
+template <typename T, int kBN>
+__device__ __forceinline__ void pack_p(uint32_t (&pa)[kBN / 16][4], const float (&s)[kBN / 2]) {
+#pragma unroll
+  for (int kk = 0; kk < kBN / 16; ++kk) {
+    pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+    pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+    pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+    pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
+// Keeps an asynchronous P V's A fragment allocated until its wait.
+template <int N>
+__device__ __forceinline__ void fence_regs(uint32_t (&d)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(d[i][j])::"memory");
+}
 #endif  // STAVID_HOPPER_DEVICE
 
 // kMasked: the instance for launches with masked visits (kernel comment at the top). The unmasked
@@ -403,7 +514,19 @@ __device__ __forceinline__ void turn_pass(int cw) {  // from warpgroup cw to the
 // kTail (variant "tail", unmasked instance of 128-row CTAs with a 2-stage ring only): the launch's one
 // masked visit is the text tail, every item's last visit; the consumers mask its columns at and past
 // a.tail_valid. A template parameter, so the other instances compile exactly as before.
-template <typename Cfg, bool kMasked, bool kPingPong = false, bool kTail = false>
+// kOverlap (variant "overlap", 128-row CTAs with the 3-stage ring, no ping-pong): FA3's intra-warpgroup
+// pipelining. After block 0's S and softmax, per visit j >= 1 a consumer warpgroup issues S_j = Q K_j^T,
+// rescales O to block j - 1's row maxima while it runs, issues O += P_{j-1} V_{j-1}, waits for the S
+// group only (wgmma groups complete in order), runs block j's masks and softmax while that P V is on
+// the tensor cores, then waits for it, releases stage j - 1 and converts S_j to P_j; the last block's
+// P V follows the loop. It holds two stages at a time, hence the third. Live at the softmax: O (d / 2
+// floats), S (BN / 2) and P_{j-1} (BN / 4 registers), 160 at d = 128, which fits the consumers'
+// setmaxnreg budget only because their waits do not trap (mbar_wait_spin).
+// kOverlap with kPingPong (variant "overlap-pp", FA3's full schedule at d = 128): the two warpgroups also
+// take turns issuing, a turn being one visit's pair of issues (block 0's Q K^T alone, then S_j with
+// P_{j-1} V_{j-1}, then the last P V alone): n + 1 turns per item of n visits for each warpgroup, so the
+// turns alternate as in the ping-pong protocol above (items without visits take none).
+template <typename Cfg, bool kMasked, bool kPingPong = false, bool kTail = false, bool kOverlap = false>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     sta_hopper_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                       const __grid_constant__ CUtensorMap tm_v,
@@ -413,6 +536,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   constexpr int kD = Cfg::kD, kBM = Cfg::kBM, kBN = Cfg::kBN, kBoxes = Cfg::kBoxes, kStages = Cfg::kStages;
   static_assert(!kPingPong || Cfg::kConsumers == 2, "ping-pong needs two consumer warpgroups");
   static_assert(!kTail || !kMasked, "the text tail mask is the unmasked instance's");
+  static_assert(!kOverlap || (Cfg::kConsumers == 2 && kStages >= 3),
+                "overlap: 128-row CTAs holding two stages of a ring of three or more");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   // full[kStages], empty[kStages], q_full[kQBufs], q_empty[kQBufs]
   __shared__ __align__(8) uint64_t bars[2 * (kStages + Cfg::kQBufs)];
@@ -557,18 +682,98 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     if (cw == 1) turn_pass(1);  // the first turn is cw 0's
   for (int k = 0;; ++k) {
     const int qb = k % Cfg::kQBufs;
-    mbar_wait(q_full0 + 8 * qb, (k / Cfg::kQBufs) & 1);
+    consumer_wait<kOverlap>(q_full0 + 8 * qb, (k / Cfg::kQBufs) & 1);
     const HopperItem it = s_item[qb];
     if (it.bh < 0) break;
-    if constexpr (kPingPong) turn_wait(cw);  // this item's first turn (protocol at the template)
+    if constexpr (kPingPong && !kOverlap) turn_wait(cw);  // this item's first turn (protocol at the template)
     const uint32_t sqb = sq + qb * Cfg::kQBytes;
     float o[kD / 2], s[kBN / 2];
 #pragma unroll
     for (int i = 0; i < kD / 2; ++i) o[i] = 0.f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-    // Unmasked instance: exactly it.visits stages. Masked: stages until the one flagged kStageEnd.
-    for (int j = 0; kMasked || j < it.visits; ++j) {
+    if constexpr (kOverlap) {
+      // FA3's intra-warpgroup pipelining (protocol at the kernel's template). next_stage waits for the
+      // item's visit j and says whether there is one (unmasked: j < it.visits; masked: until the stage
+      // flagged kStageEnd, which it releases).
+      auto next_stage = [&](int j, int& st, uint32_t& flags) {
+        if (!kMasked && j >= it.visits) return false;
+        st = slot % kStages;
+        mbar_wait_spin(full0 + 8 * st, (slot / kStages) & 1);
+        ++slot;
+        if constexpr (kMasked) {
+          flags = s_flags[st];
+          if (flags & kStageEnd) {
+            mbar_arrive(empty0 + 8 * st);
+            return false;
+          }
+        }
+        return true;
+      };
+      // Block j's masks on S, then its softmax.
+      auto softmax_block = [&](int j, int st, uint32_t flags, float (&alpha)[2]) {
+        if constexpr (kTail)
+          if (j == it.visits - 1) mask_tail<kBN>(s, a.tail_valid, lane);
+        if (kMasked && (flags & kStageMasked)) mask_words<kBN>(s, s_valid[st], lane);
+        online_softmax<kBN>(s, m, l, alpha, a.scale_log2);
+      };
+      auto issue_qk = [&](int st) {
+        const uint32_t skj = sk + st * Cfg::kKvBytes;
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kD / 16; ++ks)
+          wgmma_ss<T, kBN>(s, desc_q<Cfg>(sqb, cw, ks), desc_k<Cfg>(skj, ks), ks > 0);
+        wgmma_commit();
+      };
+      auto issue_pv = [&](const uint32_t (&pa)[kBN / 16][4], int st) {
+        const uint32_t svj = sv + st * Cfg::kKvBytes;
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBN / 16; ++kk) wgmma_rs<T, kD>(o, pa[kk], desc_v<Cfg>(svj, kk));
+        wgmma_commit();
+      };
+      int cur = 0;
+      uint32_t flags = 0;
+      if (next_stage(0, cur, flags)) {
+        if constexpr (kPingPong) turn_wait(cw);
+        issue_qk(cur);
+        if constexpr (kPingPong) turn_pass(cw);
+        wgmma_wait<0>();
+        fence_regs(s);
+        float alpha[2];
+        softmax_block(0, cur, flags, alpha);  // O is zero: its alpha is not needed
+        uint32_t pa[kBN / 16][4];
+        pack_p<T, kBN>(pa, s);
+        int nst = 0;
+        for (int j = 1; next_stage(j, nst, flags); ++j) {
+          if constexpr (kPingPong) turn_wait(cw);
+          issue_qk(nst);             // S_j = Q K_j^T
+          rescale_o<kD>(o, alpha);   // under it: O to block j - 1's maximum
+          issue_pv(pa, cur);         // O += P_{j-1} V_{j-1}
+          if constexpr (kPingPong) turn_pass(cw);
+          wgmma_wait<1>();           // S_j done (groups complete in order)
+          fence_regs(s);
+          softmax_block(j, nst, flags, alpha);  // under the P V
+          wgmma_wait<0>();
+          fence_regs(o);
+          fence_regs(pa);
+          mbar_arrive(empty0 + 8 * cur);  // this thread's reads of stage j - 1 are done
+          pack_p<T, kBN>(pa, s);
+          cur = nst;
+        }
+        rescale_o<kD>(o, alpha);
+        if constexpr (kPingPong) turn_wait(cw);
+        issue_pv(pa, cur);
+        if constexpr (kPingPong) turn_pass(cw);
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs(pa);
+        mbar_arrive(empty0 + 8 * cur);
+      }
+    }
+    // The other instances, one visit at a time. Unmasked: exactly it.visits stages. Masked: stages until
+    // the one flagged kStageEnd.
+    for (int j = 0; !kOverlap && (kMasked || j < it.visits); ++j) {
       const int st = slot % kStages;
       mbar_wait(full0 + 8 * st, (slot / kStages) & 1);
       ++slot;
@@ -594,75 +799,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       wgmma_wait<0>();
       fence_regs(s);
 
-      // kTail instance (variant "tail"): the item's last visit is the text tail, whose keys at and past
-      // tail_valid are invisible (text slots past text_valid) or past the sequence (zero-filled). This
-      // thread's columns are 8 n + 2 (lane % 4) + e, in both of its rows (values 4 n + e and 4 n + 2 + e).
-      if constexpr (kTail) {
-        if (j == it.visits - 1) {
-#pragma unroll
-          for (int n = 0; n < kBN / 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 2; ++e)
-              if (8 * n + 2 * (lane % 4) + e >= a.tail_valid) s[4 * n + e] = s[4 * n + 2 + e] = -INFINITY;
-        }
-      }
-      // Element masks, only on blocks the producer flagged (padded slots, the text tail): this
-      // thread's columns are 8 n + 2 (lane % 4) + e, i.e. bit 8 (n % 4) + 2 (lane % 4) + e of word n / 4.
-      if (kMasked && (flags & kStageMasked)) {
-        uint32_t valid[Cfg::kMaskWords];
-#pragma unroll
-        for (int w = 0; w < Cfg::kMaskWords; ++w) valid[w] = s_valid[st][w] >> (2 * (lane % 4));
-#pragma unroll
-        for (int n = 0; n < kBN / 8; ++n)
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            if (!((valid[n / 4] >> (8 * (n % 4) + e)) & 1u)) s[4 * n + e] = s[4 * n + 2 + e] = -INFINITY;
-      }
-
-      // Online softmax, exp2 domain. Thread rows: lane / 4 (values 4 n + 0, 1) and lane / 4 + 8
-      // (4 n + 2, 3) of the warp's 16 rows; a row's BN columns are spread over the lane quad. A row
-      // whose keys so far are all masked has m = -inf: alpha 0, base 0, P = 0 (no NaN).
+      // kTail instance (variant "tail"): the item's last visit is the text tail.
+      if constexpr (kTail)
+        if (j == it.visits - 1) mask_tail<kBN>(s, a.tail_valid, lane);
+      // Element masks, only on blocks the producer flagged (padded slots, the text tail).
+      if (kMasked && (flags & kStageMasked)) mask_words<kBN>(s, s_valid[st], lane);
       float alpha[2];
-#pragma unroll
-      for (int rh = 0; rh < 2; ++rh) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < kBN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * rh], s[4 * n + 2 * rh + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m[rh], mx * a.scale_log2);
-        alpha[rh] = m[rh] == -INFINITY ? 0.f : fast_exp2(m[rh] - m_new);
-        m[rh] = m_new;
-        const float base_m = m_new == -INFINITY ? 0.f : m_new;
-        float sum = 0.f;
-#pragma unroll
-        for (int n = 0; n < kBN / 8; ++n) {
-          const float p0 = fast_exp2(s[4 * n + 2 * rh] * a.scale_log2 - base_m);
-          const float p1 = fast_exp2(s[4 * n + 2 * rh + 1] * a.scale_log2 - base_m);
-          s[4 * n + 2 * rh] = p0;
-          s[4 * n + 2 * rh + 1] = p1;
-          sum += p0 + p1;
-        }
-        l[rh] = l[rh] * alpha[rh] + sum;
-      }
-#pragma unroll
-      for (int n = 0; n < kD / 8; ++n) {
-        o[4 * n + 0] *= alpha[0];
-        o[4 * n + 1] *= alpha[0];
-        o[4 * n + 2] *= alpha[1];
-        o[4 * n + 3] *= alpha[1];
-      }
-
-      // O += P V: P (T) from registers in the A-fragment layout: k-step kk takes S columns
-      // [16 kk, 16 kk + 16), i.e. the accumulator n-tiles 2 kk and 2 kk + 1.
+      online_softmax<kBN>(s, m, l, alpha, a.scale_log2);
+      rescale_o<kD>(o, alpha);
+      // O += P V: P from registers, V from shared memory.
       uint32_t pa[kBN / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-        pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-        pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
-      }
+      pack_p<T, kBN>(pa, s);
       // Ping-pong: wait for this warpgroup's turn (the other has issued its Q K^T), which lasts
       // through this P V and the next visit's Q K^T.
       if constexpr (kPingPong) turn_wait(cw);
@@ -675,7 +822,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       mbar_arrive(empty0 + 8 * st);  // this thread's reads of the stage are done
     }
     // Ping-pong: this warpgroup's last turn of the item is over (its last P V has completed).
-    if constexpr (kPingPong) turn_pass(cw);
+    if constexpr (kPingPong && !kOverlap) turn_pass(cw);
     mbar_arrive(q_empty0 + 8 * qb);  // the item's last Q K^T has completed: the buffer is free
 
     // Epilogue: normalize and store pairs straight from the accumulator fragment.
@@ -756,11 +903,11 @@ int32_t* persistent_counter(cudaStream_t stream) {
 }
 
 // Launches one kernel instance, with the variant's options, for params the selector accepted.
-template <typename Cfg, bool kMasked, bool kPingPong, bool kTail = false>
+template <typename Cfg, bool kMasked, bool kPingPong, bool kTail = false, bool kOverlap = false>
 void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream,
                    int32_t tail_valid = 0) {
   using T = typename Cfg::Type;
-  auto kernel = sta_hopper_kernel<Cfg, kMasked, kPingPong, kTail>;
+  auto kernel = sta_hopper_kernel<Cfg, kMasked, kPingPong, kTail, kOverlap>;
   static std::atomic<uint64_t> configured{0};
   cuda::once_per_device(configured, p.device.index, [&] {
     STAVID_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
@@ -826,9 +973,21 @@ void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cud
 
 // The unmasked instance unless the variant is "masked" or a visit needs a mask; with "tail" on 128-row
 // CTAs, the kTail unmasked instance when the text tail is the only masked visit (64-row CTAs run "tail"
-// as "skip": the tail mask cost their 128-register consumers a spill).
+// as "skip": the tail mask cost their 128-register consumers a spill); with "overlap" on 128-row CTAs
+// (3-stage ring), the overlapped consumers of the same three kinds (unmasked, text tail, masked).
 template <typename Cfg, bool kPingPong = false>
 void launch_hopper_masking(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
+  if constexpr (Cfg::kConsumers == 2 && Cfg::kStages == 3) {
+    if (var.kind == StaHopperVariant::Overlap || var.kind == StaHopperVariant::OverlapPingPong) {
+      if (const int32_t tail = sta_hopper_text_tail_only(p.geom, Cfg::kBN))
+        launch_hopper<Cfg, false, kPingPong, true, true>(p, var, stream, tail);
+      else if (sta_hopper_needs_masks(p.geom, Cfg::kBN))
+        launch_hopper<Cfg, true, kPingPong, false, true>(p, var, stream);
+      else
+        launch_hopper<Cfg, false, kPingPong, false, true>(p, var, stream);
+      return;
+    }
+  }
   if constexpr (Cfg::kConsumers == 2 && Cfg::kStages == 2 && !kPingPong) {
     if (var.kind == StaHopperVariant::Tail) {
       if (const int32_t tail = sta_hopper_text_tail_only(p.geom, Cfg::kBN)) {
@@ -843,9 +1002,10 @@ void launch_hopper_masking(const StaAttentionParams& p, const StaHopperVariant& 
     launch_hopper<Cfg, false, kPingPong>(p, var, stream);
 }
 
-// 128-row CTAs for tiles of a multiple of 128 tokens (a 3-stage ring for the variant "deep", the
-// consumers' ping-pong for "pingpong", both for "pingpong-deep"), 64-row CTAs (two per SM, whose shared memory leaves no room
-// for a third stage; one consumer warpgroup, so the ping-pong variants run them as "skip") otherwise.
+// 128-row CTAs for tiles of a multiple of 128 tokens (a 3-stage ring for the variants "deep" and
+// "overlap", the consumers' ping-pong for "pingpong", both for "pingpong-deep" and "overlap-pp"), 64-row
+// CTAs (two per SM, whose shared memory leaves no room for a third stage; one consumer warpgroup, so the
+// ping-pong and overlap variants run them as "skip") otherwise.
 template <typename T, int kD>
 void launch_hopper_for(const StaAttentionParams& p, StaHopperVariant var, cudaStream_t stream) {
   using Rows64 = HopperCfg<T, kD, 1, 64>;
@@ -853,9 +1013,10 @@ void launch_hopper_for(const StaAttentionParams& p, StaHopperVariant var, cudaSt
   static_assert(Rows64::kBN == kHopperKeyBlock64 && Rows128::kBN == kHopperKeyBlock128);
   var = sta_hopper_resolve(p, var);
   if (p.geom.tile_tokens % 128 != 0) launch_hopper_masking<Rows64>(p, var, stream);
-  else if (var.kind == StaHopperVariant::Deep) launch_hopper_masking<HopperCfg<T, kD, 2, 128, 3>>(p, var, stream);
+  else if (var.kind == StaHopperVariant::Deep || var.kind == StaHopperVariant::Overlap)
+    launch_hopper_masking<HopperCfg<T, kD, 2, 128, 3>>(p, var, stream);
   else if (var.kind == StaHopperVariant::PingPong) launch_hopper_masking<Rows128, true>(p, var, stream);
-  else if (var.kind == StaHopperVariant::PingPongDeep)
+  else if (var.kind == StaHopperVariant::PingPongDeep || var.kind == StaHopperVariant::OverlapPingPong)
     launch_hopper_masking<HopperCfg<T, kD, 2, 128, 3>, true>(p, var, stream);
   else launch_hopper_masking<Rows128>(p, var, stream);
 }

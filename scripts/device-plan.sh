@@ -165,6 +165,92 @@ call3)
     "${PY:-python3}" tools/bench/sta_report.py "$OUT/bench_sta.jsonl" "$OUT/peer_attention.jsonl" | grep SUMMARY
   fi
   ;;
+call5)
+  # Session 9: the FA3 intra-warpgroup overlap ("overlap", "overlap-pp") and the consumers' non-trapping
+  # waits (every instance; docs/perf-notes.md "Session 9"), from binaries built here by scripts/gpu-bundle.sh
+  # with AB_REF=1ab87da (bench_sta_ref: the kernels before both). carry [".gpubin", ".peer"].
+  g=/tmp/g
+  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
+  export LD_LIBRARY_PATH=$g/lib
+  cat $g/refs.txt 2>/dev/null
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+  # Correctness: the whole STA suite (auto) with the variant test over the one-turn variants; the
+  # turn-taking ones apart under their own timeout (a protocol fault hangs in bar.sync).
+  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto masked skip persist deep tail overlap}" timeout 200 \
+    $g/bin/test_sta > "$OUT/test_sta.txt" 2>&1; echo "test_sta rc $?"; tail -10 "$OUT/test_sta.txt" | cut -c1-200
+  STAVID_STA_HOPPER_VARIANTS="overlap-pp pingpong" timeout 130 $g/bin/test_sta \
+    --gtest_filter='StaAttentionHopper.*' > "$OUT/test_sta_pp.txt" 2>&1
+  echo "test_sta overlap-pp rc $?"; tail -4 "$OUT/test_sta_pp.txt" | cut -c1-200
+  timeout 100 $g/bin/test_dit > "$OUT/test_dit.txt" 2>&1; echo "test_dit rc $?"; tail -2 "$OUT/test_dit.txt"
+  # Timings: the variants that passed, two interleaved passes, beside bench_sta_ref's skip and deep (the
+  # A/B of the non-trapping waits on unchanged loops).
+  vs=skip,deep
+  for v in tail overlap; do grep -q "^ *$v: 0 failed" "$OUT/test_sta.txt" && vs=$vs,$v; done
+  grep -q "^ *overlap-pp: 0 failed" "$OUT/test_sta_pp.txt" && vs=$vs,overlap-pp
+  echo "timed variants: $vs"
+  cases=${AB_CASES:-paper_333,paper_555,paper_full,paper_333_text,720p_688_333,mixed}
+  for p in 1 2; do
+    for b in bench_sta bench_sta_ref; do
+      [ -x $g/bin/$b ] || continue
+      bv=$vs; [ $b = bench_sta_ref ] && bv=skip,deep
+      timeout 170 $g/bin/$b --only "$cases" --variants "$bv" 2>> "$OUT/ab.err" |
+        sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> "$OUT/ab.jsonl"
+    done
+  done
+  "${PY:-python3}" tools/bench/ab_report.py "$OUT/ab.jsonl" --medians "$OUT/bench_sta.jsonl" > "$OUT/ab_report.jsonl"
+  grep '"ab"' "$OUT/ab_report.jsonl" | sed 's/"ms": \[[^]]*\], //' | cut -c1-150
+  grep '"ab_ratio"' "$OUT/ab_report.jsonl" | cut -c1-150
+  if [ -f .peer/peer_attention.py ]; then
+    shape=(--canvas 30 48 80 --tile 6 8 8 --heads 24 --dim 128 --windows 3,3,3 5,5,5)  # as sta-bench.sh
+    { timeout 100 python3 .peer/peer_attention.py "${shape[@]}"
+      timeout 100 python3 .peer/peer_attention.py "${shape[@]}" --text 256 --text-valid 200; } \
+      > "$OUT/peer_attention.jsonl" 2> "$OUT/peer_attention.err"
+    cut -c1-160 "$OUT/peer_attention.jsonl" | tail -8
+    for v in ${vs//,/ }; do
+      grep "\"variant\": \"$v\"" "$OUT/bench_sta.jsonl" > "$OUT/bench_$v.jsonl"
+      echo "$v $("${PY:-python3}" tools/bench/sta_report.py "$OUT/bench_$v.jsonl" "$OUT/peer_attention.jsonl" | grep SUMMARY)"
+    done
+  fi
+  ;;
+call6)
+  # Session 9, second run: "auto" = overlap-pp on 128-row CTAs, the other instances' trapping waits back.
+  # The whole suites with auto, the A/B against bench_sta_ref (1ab87da, auto then = skip / tail / deep /
+  # persist), the 720p 3x8x16 tile, the peers and the SUMMARY. carry [".gpubin", ".peer"]. At most 8 files
+  # come back: the tests' output goes to one file, the errors to another.
+  g=/tmp/g
+  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
+  export LD_LIBRARY_PATH=$g/lib
+  cat $g/refs.txt 2>/dev/null
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap masked skip persist deep tail}" timeout 200 \
+    $g/bin/test_sta > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -9 "$OUT/test.txt" | cut -c1-200
+  echo "=== test_dit" >> "$OUT/test.txt"
+  timeout 100 $g/bin/test_dit >> "$OUT/test.txt" 2>&1; echo "test_dit rc $?"; tail -2 "$OUT/test.txt"
+  cases=${AB_CASES:-paper_333,paper_555,paper_full,paper_333_text,720p_688_333,720p_388_333,720p_3816_333,mixed}
+  for p in 1 2; do
+    for b in bench_sta bench_sta_ref; do
+      [ -x $g/bin/$b ] || continue
+      bv=auto,overlap; [ $b = bench_sta_ref ] && bv=auto
+      timeout 170 $g/bin/$b --only "$cases" --variants "$bv" 2>> "$OUT/err.txt" |
+        sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> "$OUT/ab.jsonl"
+    done
+  done
+  "${PY:-python3}" tools/bench/ab_report.py "$OUT/ab.jsonl" --medians "$OUT/bench_sta.jsonl" > "$OUT/ab_report.jsonl"
+  grep '"ab"' "$OUT/ab_report.jsonl" | grep -v mixed_single | sed 's/"ms": \[[^]]*\], //' | cut -c1-150
+  grep '"ab_ratio"' "$OUT/ab_report.jsonl" | grep -v mixed_single | cut -c1-150
+  if [ -f .peer/peer_attention.py ]; then
+    shape=(--canvas 30 48 80 --tile 6 8 8 --heads 24 --dim 128 --windows 3,3,3 5,5,5)  # as sta-bench.sh
+    { timeout 100 python3 .peer/peer_attention.py "${shape[@]}"
+      timeout 100 python3 .peer/peer_attention.py "${shape[@]}" --text 256 --text-valid 200; } \
+      > "$OUT/peer_attention.jsonl" 2>> "$OUT/err.txt"
+    cut -c1-120 "$OUT/peer_attention.jsonl" | tail -8
+    for v in auto overlap; do
+      grep "\"variant\": \"$v\"" "$OUT/bench_sta.jsonl" > /tmp/bench_$v.jsonl
+      echo "$v $("${PY:-python3}" tools/bench/sta_report.py /tmp/bench_$v.jsonl "$OUT/peer_attention.jsonl" | grep SUMMARY)" |
+        tee -a "$OUT/summary.txt"
+    done
+  fi
+  ;;
 call4)
   # The served product on the H200: the server, client and MP4 decoder built HERE with their Debian
   # libraries (scripts/server_bundle.py: FFmpeg's unused codec dependencies stubbed; about 20 MB, so it
@@ -186,7 +272,7 @@ call4)
   done
   ;;
 *)
-  echo "usage: scripts/device-plan.sh call1|call2|call3|call4" >&2
+  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call5|call6" >&2
   exit 2
   ;;
 esac

@@ -1052,7 +1052,8 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
     EXPECT_EQ(detail::sta_hopper_variant().kind, detail::StaHopperVariant::Auto) << "the default";
   }
   for (const char* name :
-       {"auto", "masked", "lean", "skip", "persist", "persist:3", "deep", "pingpong", "pingpong-deep", "tail"}) {
+       {"auto", "masked", "lean", "skip", "persist", "persist:3", "deep", "pingpong", "pingpong-deep", "tail", "overlap",
+        "overlap-pp"}) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", name);
     EXPECT_EQ(detail::sta_hopper_variant_name(detail::sta_hopper_variant()), name);
   }
@@ -1061,16 +1062,15 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
     EXPECT_EQ(detail::sta_hopper_variant().max_ctas, 3);
   }
   for (const char* bad : {"fast", "lean:2", "auto:1", "persist:0", "persist:", "persist:3x", "deep:2", "pingpong:2",
-                          "ping-pong", "pingpong-deep:2", "tail:1"}) {
+                          "ping-pong", "pingpong-deep:2", "tail:1", "overlap:2", "overlap-pingpong"}) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", bad);
     EXPECT_THROW(detail::sta_hopper_variant(), Error) << bad;
   }
 }
 
-// "auto" (the default variant) picks per launch: the text tail masked in the unmasked instance when it
-// is the only masked visit on 128-row CTAs, the 3-stage ring for other masked launches on 128-row
-// CTAs, the persistent grid for heads with different windows, block skipping otherwise; a named
-// variant is kept as it is.
+// "auto" (the default variant) picks per launch: FA3's overlapped, ping-ponging consumers on 128-row
+// CTAs (every launch kind), and on 64-row CTAs the persistent grid for heads with different windows,
+// block skipping otherwise; a named variant is kept as it is.
 TEST(StaSelector, HopperAutoResolution) {
   using V = detail::StaHopperVariant;
   const std::vector<StaWindow> same(2, StaWindow{3, 3, 3});
@@ -1083,18 +1083,18 @@ TEST(StaSelector, HopperAutoResolution) {
     p.host_windows = w ? w->data() : nullptr;
     return detail::sta_hopper_resolve(p, v).kind;
   };
-  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}), &same), V::Skip) << "whole 128-token tiles, no text";
-  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}, 256, 256), &same), V::Skip) << "text filling key blocks";
-  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}, 256, 200), &same), V::Tail) << "200 of 256 text slots";
-  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}, 256, 200), &mixed), V::Tail) << "text tail, mixed windows";
-  EXPECT_EQ(resolve(geom({33, 45, 80}, {6, 8, 8}, 256, 200), &same), V::Deep) << "text on a padded canvas";
+  const V::Kind pp = V::OverlapPingPong;
+  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}), &same), pp) << "whole 128-token tiles, no text";
+  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}, 256, 256), &same), pp) << "text filling key blocks";
+  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}, 256, 200), &same), pp) << "200 of 256 text slots";
+  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}, 256, 200), &mixed), pp) << "text tail, mixed windows";
+  EXPECT_EQ(resolve(geom({33, 45, 80}, {6, 8, 8}, 256, 200), &same), pp) << "text on a padded canvas";
   EXPECT_EQ(resolve(geom({10, 48, 80}, {1, 8, 8}, 256, 200), &same), V::Skip) << "text tail, 64-row CTAs";
-  EXPECT_EQ(resolve(geom({33, 45, 80}, {6, 8, 8}), &same), V::Deep) << "padded canvas, 384-token tiles";
+  EXPECT_EQ(resolve(geom({33, 45, 80}, {6, 8, 8}), &same), pp) << "padded canvas, 384-token tiles";
   EXPECT_EQ(resolve(geom({33, 45, 80}, {3, 8, 8}), &same), V::Skip) << "padded canvas, 64-row CTAs";
-  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}), &mixed), V::Persist) << "different windows";
+  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}), &mixed), pp) << "different windows, 128-row CTAs";
   EXPECT_EQ(resolve(geom({10, 48, 80}, {1, 8, 8}), &mixed), V::Persist) << "different windows, 64-row CTAs";
-  EXPECT_EQ(resolve(geom({33, 45, 80}, {6, 8, 8}), &mixed), V::Deep) << "masked wins over mixed";
-  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}), nullptr), V::Skip) << "windows unknown on the host";
+  EXPECT_EQ(resolve(geom({10, 48, 80}, {1, 8, 8}), nullptr), V::Skip) << "windows unknown on the host";
   V lean;
   lean.kind = V::Lean;
   EXPECT_EQ(resolve(geom({33, 45, 80}, {6, 8, 8}), &mixed, lean), V::Lean) << "a named variant stays";
@@ -1143,7 +1143,8 @@ TEST(StaSelector, HopperAutoResolution) {
   const char* env = std::getenv("STAVID_STA_HOPPER_VARIANTS");
   std::vector<std::string> vs;
   std::string cur;
-  for (const char* ch = env ? env : "auto masked lean skip persist persist:3 deep pingpong pingpong-deep tail";; ++ch) {
+  for (const char* ch = env ? env : "auto masked lean skip persist persist:3 deep pingpong pingpong-deep tail overlap overlap-pp";;
+       ++ch) {
     if (*ch == ' ' || *ch == ',' || *ch == '\0') {
       if (!cur.empty()) vs.push_back(cur);
       cur.clear();

@@ -82,7 +82,7 @@ def main():
     mixed = ours.get("mixed")
     if mixed and "weighted_single_ms" in mixed:
         put("mixed_over_weighted", mixed["ms"], mixed["weighted_single_ms"])
-    for tile in ("688", "388"):
+    for tile in ("688", "388", "3816"):
         put("eff_720p_%s_over_paper" % tile, eff(ours.get("720p_%s_333" % tile)), eff(ours.get("paper_333")))
 
     report = {
