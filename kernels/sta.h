@@ -231,6 +231,19 @@ STA_HD StaVisit sta_visit_next(const StaGeometry& g, const StaTileRange& r, int3
   return sta_visit_at(g, r, block_n, n);
 }
 
+// The index of the last visit whose block holds a valid key: the last text block when there are text
+// blocks (there are ceil(text_valid / block_n), none of them empty), else the last block of the range's
+// last tile that holds one of its in-canvas tokens (they come first in a tile); the blocks after it are
+// padding only. -1 when the list is empty. Lets a producer that drops empty blocks flag the last one it
+// loads (the Hopper kernel's overlap instances), with no end-of-list marker.
+STA_HD int32_t sta_last_nonempty_visit(const StaGeometry& g, const StaTileRange& r, int32_t block_n) {
+  const int32_t n = sta_visit_count(g, r, block_n);
+  if (sta_text_blocks(g, block_n) > 0 || n == 0) return n - 1;
+  const int32_t per_tile = g.tile_tokens / block_n;
+  const int32_t valid = sta_tile_valid_tokens(g, sta_range_tile(g, r, r.count() - 1));
+  return (r.count() - 1) * per_tile + (valid + block_n - 1) / block_n - 1;
+}
+
 // The key range a query slot sees (image query: its tile's window; text query: all tiles).
 STA_HD StaTileRange sta_query_range(const StaGeometry& g, StaWindow w, int64_t q_slot) {
   if (q_slot >= g.img_slots) return sta_all_tiles(g);

@@ -389,6 +389,7 @@ struct HopperItem {
 // Per K/V stage, masked instance: what the consumers do with it.
 constexpr uint32_t kStageMasked = 1;  // apply the stage's valid mask
 constexpr uint32_t kStageEnd = 2;     // no data: the work item has no more visits
+constexpr uint32_t kStageLast = 4;    // overlap instances: the work item's last visit (no kStageEnd stage)
 // Ping-pong (kPingPong): consumer warpgroup cw's turn is named barrier kBarTurn0 + cw, over the
 // 2 x 128 consumer threads. Id 0 is __syncthreads; the kernel uses no other named barrier.
 constexpr uint32_t kBarTurn0 = 1, kTurnThreads = 256;
@@ -519,7 +520,9 @@ __device__ __forceinline__ void fence_regs(uint32_t (&d)[N][4]) {
 // rescales O to block j - 1's row maxima while it runs, issues O += P_{j-1} V_{j-1}, waits for the S
 // group only (wgmma groups complete in order), runs block j's masks and softmax while that P V is on
 // the tensor cores, then waits for it, releases stage j - 1 and converts S_j to P_j; the last block's
-// P V follows the loop. It holds two stages at a time, hence the third. Live at the softmax: O (d / 2
+// P V follows the loop. It holds two stages at a time, hence the third. The masked overlap instances
+// end an item on the stage the producer flagged kStageLast (sta_last_nonempty_visit) instead of an
+// end-of-item stage, whose publication would wait for a free stage while the consumers wait for it. Live at the softmax: O (d / 2
 // floats), S (BN / 2) and P_{j-1} (BN / 4 registers), 160 at d = 128, which fits the consumers'
 // setmaxnreg budget only because their waits do not trap (mbar_wait_spin).
 // kOverlap with kPingPong (variant "overlap-pp", FA3's full schedule at d = 128): the two warpgroups also
@@ -618,6 +621,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         // item's blocks; kept in shared memory (the producer has 40 registers).
         if (a.persistent) s_next = static_cast<int>(gridDim.x) + atomicAdd(a.counter, 1);
         StaVisit v{};
+        // Masked overlap instance: the item's last visit with data is flagged kStageLast instead of an
+        // end-of-item stage following it (whose round trip the overlapped loop would wait for). The
+        // blocks after it are padding only, so with skip_empty it is the last one loaded.
+        [[maybe_unused]] int32_t last = n_visits - 1;
+        if constexpr (kMasked && kOverlap)
+          if (a.skip_empty) last = sta_last_nonempty_visit(g, r, kBN);
         for (int j = 0; j < n_visits; ++j) {
           v = j == 0 ? sta_visit_at(g, r, kBN, 0) : sta_visit_next(g, r, kBN, j - 1, v);
           uint32_t valid[Cfg::kMaskWords];
@@ -643,7 +652,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           const int st = slot % kStages;
           if (slot >= kStages) mbar_wait(empty0 + 8 * st, (slot / kStages - 1) & 1);
           if constexpr (kMasked) {
-            s_flags[st] = masked ? kStageMasked : 0;  // published by the arrive below (release)
+            // Published by the arrive below (release).
+            s_flags[st] = (masked ? kStageMasked : 0) | (kOverlap && j == last ? kStageLast : 0);
             if (masked)
 #pragma unroll
               for (int w = 0; w < Cfg::kMaskWords; ++w) s_valid[st][w] = valid[w];
@@ -658,7 +668,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           }
           ++slot;
         }
-        if constexpr (kMasked) {
+        if constexpr (kMasked && !kOverlap) {
           // The end of the item's visits takes a stage of its own (the consumers release it too).
           const int st = slot % kStages;
           if (slot >= kStages) mbar_wait(empty0 + 8 * st, (slot / kStages - 1) & 1);
@@ -694,19 +704,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
 
     if constexpr (kOverlap) {
       // FA3's intra-warpgroup pipelining (protocol at the kernel's template). next_stage waits for the
-      // item's visit j and says whether there is one (unmasked: j < it.visits; masked: until the stage
-      // flagged kStageEnd, which it releases).
+      // item's visit j and says whether there is one (unmasked: j < it.visits; masked: none when the item
+      // has no visit, else until the one the producer flagged kStageLast).
+      bool ended = false;
       auto next_stage = [&](int j, int& st, uint32_t& flags) {
-        if (!kMasked && j >= it.visits) return false;
+        if (kMasked ? (j == 0 ? it.visits == 0 : ended) : j >= it.visits) return false;
         st = slot % kStages;
         mbar_wait_spin(full0 + 8 * st, (slot / kStages) & 1);
         ++slot;
         if constexpr (kMasked) {
           flags = s_flags[st];
-          if (flags & kStageEnd) {
-            mbar_arrive(empty0 + 8 * st);
-            return false;
-          }
+          ended = (flags & kStageLast) != 0;
         }
         return true;
       };

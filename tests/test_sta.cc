@@ -165,8 +165,8 @@ void for_each_query_block(const StaGeometry& g, Fn&& fn) {
 }
 
 // Checks the visit list of every query block for one (geometry, window), all block sizes, against
-// the oracle for every query row, and sta_visit_next against sta_visit_at. Returns false after the first mismatch
-// (reported with context).
+// the oracle for every query row, sta_visit_next against sta_visit_at, and sta_last_nonempty_visit against the
+// last visit with a real key. Returns false after the first mismatch (reported with context).
 bool check_visit_list(const StaGeometry& g, StaWindow w) {
   const int64_t seq = g.seq_len();
   std::vector<uint8_t> oracle(static_cast<size_t>(seq * seq));
@@ -182,6 +182,7 @@ bool check_visit_list(const StaGeometry& g, StaWindow w) {
       std::fill(hits.begin(), hits.end(), 0);
       const int32_t visits = sta_visit_count(g, range, block_n);
       StaVisit prev{};
+      int32_t last_nonempty = -1;
       for (int32_t j = 0; j < visits && ok; ++j) {
         const StaVisit v = sta_visit_at(g, range, block_n, j);
         if (j > 0) {
@@ -205,8 +206,16 @@ bool check_visit_list(const StaGeometry& g, StaWindow w) {
                           << " is not a real key (seq " << seq << ")";
             ok = false;
           }
-          if (valid) ++hits[k];
+          if (valid) {
+            ++hits[k];
+            last_nonempty = j;
+          }
         }
+      }
+      if (ok && sta_last_nonempty_visit(g, range, block_n) != last_nonempty) {
+        ADD_FAILURE() << ctx << " block_n " << block_n << ", query block at " << q0 << ": sta_last_nonempty_visit "
+                      << sta_last_nonempty_visit(g, range, block_n) << ", the last visit with a real key " << last_nonempty;
+        ok = false;
       }
       for (int64_t q = q0; q < q1 && ok; ++q) {
         const StaTileRange rq = sta_query_range(g, w, q);
