@@ -110,9 +110,10 @@ StaHopperVariant sta_hopper_variant() {
   else if (name == "tail") v.kind = StaHopperVariant::Tail;
   else if (name == "overlap") v.kind = StaHopperVariant::Overlap;
   else if (name == "overlap-pp") v.kind = StaHopperVariant::OverlapPingPong;
+  else if (name == "overlap-pp-masked") v.kind = StaHopperVariant::OverlapPingPongMasked;
   else
     STAVID_THROW(ErrorCode::InvalidArgument, "STAVID_STA_HOPPER_VARIANT=", s,
-                 ": expected auto, masked, lean, skip, persist, persist:N, deep, pingpong, pingpong-deep, tail, overlap or overlap-pp");
+                 ": expected auto, masked, lean, skip, persist, persist:N, deep, pingpong, pingpong-deep, tail, overlap, overlap-pp or overlap-pp-masked");
   if (name.size() < s.size()) {
     const std::string cap = s.substr(name.size() + 1);
     char* end = nullptr;
@@ -181,6 +182,7 @@ std::string sta_hopper_variant_name(const StaHopperVariant& v) {
     case StaHopperVariant::Tail: return "tail";
     case StaHopperVariant::Overlap: return "overlap";
     case StaHopperVariant::OverlapPingPong: return "overlap-pp";
+    case StaHopperVariant::OverlapPingPongMasked: return "overlap-pp-masked";
   }
   return "?";
 }

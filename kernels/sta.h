@@ -393,12 +393,15 @@ bool sta_hopper_supports(const StaAttentionParams& p);
 // - "overlap-pp": overlap, with the two consumer warpgroups also taking turns to issue (FA3's full
 //   schedule: ping-pong and intra-warpgroup overlap); 64-row CTAs run it as "skip". Session 9: the
 //   fastest on every case timed (0.5-4% ahead of "overlap"), so "auto" picks it on 128-row CTAs;
+// - "overlap-pp-masked": overlap-pp forced through its masked instance (as "masked" is lean's), to time
+//   the masked instance's own cost on launches that need no mask;
 // - "auto" (the default): per launch, the variant measured fastest on launches of its kind (sessions 4,
 //   8 and 9, docs/perf-notes.md): "overlap-pp" on 128-row CTAs (every launch kind: unmasked, text tail,
 //   padded canvases, mixed windows); on 64-row CTAs "persist" when the heads' windows differ
 //   (host_windows; the longest-first order balances them), else "skip".
 struct StaHopperVariant {
-  enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep, Auto, PingPong, PingPongDeep, Tail, Overlap, OverlapPingPong } kind = Auto;
+  enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep, Auto, PingPong, PingPongDeep, Tail, Overlap, OverlapPingPong,
+              OverlapPingPongMasked } kind = Auto;
   int32_t max_ctas = 0;  // "persist:N": at most N CTAs (0: no cap); tests use it to give CTAs many items
 };
 // Parses STAVID_STA_HOPPER_VARIANT (unset or empty: auto); throws InvalidArgument on an unknown name.

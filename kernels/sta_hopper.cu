@@ -986,10 +986,13 @@ void launch_hopper(const StaAttentionParams& p, const StaHopperVariant& var, cud
 template <typename Cfg, bool kPingPong = false>
 void launch_hopper_masking(const StaAttentionParams& p, const StaHopperVariant& var, cudaStream_t stream) {
   if constexpr (Cfg::kConsumers == 2 && Cfg::kStages == 3) {
-    if (var.kind == StaHopperVariant::Overlap || var.kind == StaHopperVariant::OverlapPingPong) {
-      if (const int32_t tail = sta_hopper_text_tail_only(p.geom, Cfg::kBN))
+    if (var.kind == StaHopperVariant::Overlap || var.kind == StaHopperVariant::OverlapPingPong ||
+        var.kind == StaHopperVariant::OverlapPingPongMasked) {
+      const bool force_masked = var.kind == StaHopperVariant::OverlapPingPongMasked;
+      const int32_t tail = force_masked ? 0 : sta_hopper_text_tail_only(p.geom, Cfg::kBN);
+      if (tail)
         launch_hopper<Cfg, false, kPingPong, true, true>(p, var, stream, tail);
-      else if (sta_hopper_needs_masks(p.geom, Cfg::kBN))
+      else if (force_masked || sta_hopper_needs_masks(p.geom, Cfg::kBN))
         launch_hopper<Cfg, true, kPingPong, false, true>(p, var, stream);
       else
         launch_hopper<Cfg, false, kPingPong, false, true>(p, var, stream);
@@ -1024,7 +1027,8 @@ void launch_hopper_for(const StaAttentionParams& p, StaHopperVariant var, cudaSt
   else if (var.kind == StaHopperVariant::Deep || var.kind == StaHopperVariant::Overlap)
     launch_hopper_masking<HopperCfg<T, kD, 2, 128, 3>>(p, var, stream);
   else if (var.kind == StaHopperVariant::PingPong) launch_hopper_masking<Rows128, true>(p, var, stream);
-  else if (var.kind == StaHopperVariant::PingPongDeep || var.kind == StaHopperVariant::OverlapPingPong)
+  else if (var.kind == StaHopperVariant::PingPongDeep || var.kind == StaHopperVariant::OverlapPingPong ||
+           var.kind == StaHopperVariant::OverlapPingPongMasked)
     launch_hopper_masking<HopperCfg<T, kD, 2, 128, 3>, true>(p, var, stream);
   else launch_hopper_masking<Rows128>(p, var, stream);
 }

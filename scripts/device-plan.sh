@@ -251,6 +251,46 @@ call6)
     done
   fi
   ;;
+call7)
+  # Session 9, third run: the masked overlap instances without the end-of-item stage (kStageLast). The
+  # STA suite with auto and the overlap variants, test_dit, the A/B against bench_sta_ref (9c6f847, the
+  # end-of-item stage) on the masked launches, then call4 (the served product, server bundle rebuilt at
+  # this tree). carry [".gpubin"]. Seven files come back (the limit is 8).
+  g=/tmp/g
+  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
+  cat $g/refs.txt 2>/dev/null
+  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap overlap-pp}" LD_LIBRARY_PATH=$g/lib timeout 200 \
+    $g/bin/test_sta > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -6 "$OUT/test.txt" | cut -c1-200
+  echo "=== test_dit" >> "$OUT/test.txt"
+  LD_LIBRARY_PATH=$g/lib timeout 100 $g/bin/test_dit >> "$OUT/test.txt" 2>&1; echo "test_dit rc $?"
+  tail -1 "$OUT/test.txt"
+  cases=${AB_CASES:-720p_688_333,720p_3816_333,720p_388_333,paper_333,paper_333_text}
+  for p in 1 2; do
+    for b in bench_sta bench_sta_ref; do
+      LD_LIBRARY_PATH=$g/lib timeout 120 $g/bin/$b --only "$cases" --variants auto,overlap 2>> "$OUT/err.txt" |
+        sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> /tmp/ab.jsonl
+    done
+  done
+  "${PY:-python3}" tools/bench/ab_report.py /tmp/ab.jsonl > "$OUT/ab_report.jsonl"
+  grep -v '"ab_ratio"' "$OUT/ab_report.jsonl" | sed 's/"ms": \[[^]]*\], //' | cut -c1-150
+  grep '"ab_ratio"' "$OUT/ab_report.jsonl" | cut -c1-150
+  "$0" call4
+  ;;
+call8)
+  # Session 9, fourth run: what the masked overlap instance costs by itself ("overlap-pp-masked" forces it
+  # on launches that need no mask), to tell the 720p gap's cause. carry [".gpubin"].
+  g=/tmp/g
+  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
+  export LD_LIBRARY_PATH=$g/lib
+  STAVID_STA_HOPPER_VARIANTS="overlap-pp-masked" timeout 150 $g/bin/test_sta --gtest_filter='StaAttentionHopper.*' \
+    > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -4 "$OUT/test.txt" | cut -c1-200
+  for p in 1 2; do
+    timeout 150 $g/bin/bench_sta --only "${AB_CASES:-paper_333,paper_555,paper_333_text,720p_3816_333,720p_688_333}" \
+      --variants auto,overlap-pp-masked 2>> "$OUT/err.txt" | sed "s/^{/{\"bin\":\"bench_sta\",\"pass\":$p,/" >> /tmp/ab.jsonl
+  done
+  "${PY:-python3}" tools/bench/ab_report.py /tmp/ab.jsonl > "$OUT/ab_report.jsonl"
+  sed 's/"ms": \[[^]]*\], //' "$OUT/ab_report.jsonl" | cut -c1-150
+  ;;
 call4)
   # The served product on the H200: the server, client and MP4 decoder built HERE with their Debian
   # libraries (scripts/server_bundle.py: FFmpeg's unused codec dependencies stubbed; about 20 MB, so it
@@ -262,17 +302,17 @@ call4)
   export LD_LIBRARY_PATH=$s/lib
   nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu --format=csv,noheader
   timeout 150 scripts/demo.sh $s > "$OUT/demo.txt" 2>&1; echo "demo rc $?"; tail -4 "$OUT/demo.txt" | cut -c1-300
-  cp $s/demo-server.log "$OUT/" 2>/dev/null
+  { echo "=== demo-server.log"; cat $s/demo-server.log; } >> "$OUT/demo.txt" 2>/dev/null
   for sta in fixed dense strategy:calibrated; do
     arg=""; [ "$sta" != fixed ] && arg="--sta $sta"
     timeout 150 "${PY:-python3}" tools/demo/check_video.py --config deploy/models/demo.json --model demo \
       --prompts-file deploy/models/demo-model/heldout.json --limit "${SERVE_N:-20}" --bin-dir $s --min-pass 0 $arg \
-      > "$OUT/served_${sta#strategy:}.jsonl" 2>> "$OUT/served.err"
+      > "$OUT/served_${sta#strategy:}.jsonl" 2>> "$OUT/err.txt"
     echo "served $sta rc $?"; sed -n '1p;$p' "$OUT/served_${sta#strategy:}.jsonl" | cut -c1-300
   done
   ;;
 *)
-  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call5|call6" >&2
+  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call5|call6|call7|call8" >&2
   exit 2
   ;;
 esac

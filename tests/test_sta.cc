@@ -1062,7 +1062,7 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
   }
   for (const char* name :
        {"auto", "masked", "lean", "skip", "persist", "persist:3", "deep", "pingpong", "pingpong-deep", "tail", "overlap",
-        "overlap-pp"}) {
+        "overlap-pp", "overlap-pp-masked"}) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", name);
     EXPECT_EQ(detail::sta_hopper_variant_name(detail::sta_hopper_variant()), name);
   }
@@ -1152,7 +1152,8 @@ TEST(StaSelector, HopperAutoResolution) {
   const char* env = std::getenv("STAVID_STA_HOPPER_VARIANTS");
   std::vector<std::string> vs;
   std::string cur;
-  for (const char* ch = env ? env : "auto masked lean skip persist persist:3 deep pingpong pingpong-deep tail overlap overlap-pp";;
+  for (const char* ch = env ? env : "auto masked lean skip persist persist:3 deep pingpong pingpong-deep tail overlap overlap-pp "
+                                "overlap-pp-masked";;
        ++ch) {
     if (*ch == ' ' || *ch == ',' || *ch == '\0') {
       if (!cur.empty()) vs.push_back(cur);
