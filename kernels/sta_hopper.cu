@@ -390,6 +390,7 @@ struct HopperItem {
 constexpr uint32_t kStageMasked = 1;  // apply the stage's valid mask
 constexpr uint32_t kStageEnd = 2;     // no data: the work item has no more visits
 constexpr uint32_t kStageLast = 4;    // overlap instances: the work item's last visit (no kStageEnd stage)
+constexpr int kStageCountShift = 8;   // overlap instances: the block's valid keys, flags >> 8 (masked blocks)
 // Ping-pong (kPingPong): consumer warpgroup cw's turn is named barrier kBarTurn0 + cw, over the
 // 2 x 128 consumer threads. Id 0 is __syncthreads; the kernel uses no other named barrier.
 constexpr uint32_t kBarTurn0 = 1, kTurnThreads = 256;
@@ -631,6 +632,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           v = j == 0 ? sta_visit_at(g, r, kBN, 0) : sta_visit_next(g, r, kBN, j - 1, v);
           uint32_t valid[Cfg::kMaskWords];
           [[maybe_unused]] bool masked = v.needs_mask;
+          [[maybe_unused]] int32_t n_valid = kBN;
           if constexpr (kMasked) {
             // The block's valid keys, computed before the wait below (while the stage may still be in
             // use). Rows past the sequence are invalid and zero in memory.
@@ -639,10 +641,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
               // the mask: bit i of word w is key 32 w + i.
               const int32_t n = sta_block_valid_count(g, v.key_start, kBN);
               if (a.skip_empty && n == 0) continue;  // padded slots only: nothing to load or add
+              n_valid = n;
+              if constexpr (!kOverlap) {
 #pragma unroll
-              for (int w = 0; w < Cfg::kMaskWords; ++w) {
-                const int32_t k = n - 32 * w;
-                valid[w] = k >= 32 ? 0xffffffffu : (k <= 0 ? 0u : (1u << k) - 1u);
+                for (int w = 0; w < Cfg::kMaskWords; ++w) {
+                  const int32_t k = n - 32 * w;
+                  valid[w] = k >= 32 ? 0xffffffffu : (k <= 0 ? 0u : (1u << k) - 1u);
+                }
               }
               // A block of a padded tile whose keys are all real: the consumers take the unmasked path
               // (v itself keeps its flag: sta_visit_next carries it to the tile's next block).
@@ -652,9 +657,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           const int st = slot % kStages;
           if (slot >= kStages) mbar_wait(empty0 + 8 * st, (slot / kStages - 1) & 1);
           if constexpr (kMasked) {
-            // Published by the arrive below (release).
-            s_flags[st] = (masked ? kStageMasked : 0) | (kOverlap && j == last ? kStageLast : 0);
-            if (masked)
+            // Published by the arrive below (release). The overlap instances take the block's valid count
+            // in the flag word's upper bits (a prefix mask, as the text tail's) instead of mask words.
+            s_flags[st] = (masked ? kStageMasked : 0) | (kOverlap && j == last ? kStageLast : 0) |
+                          (kOverlap ? static_cast<uint32_t>(n_valid) << kStageCountShift : 0u);
+            if (!kOverlap && masked)
 #pragma unroll
               for (int w = 0; w < Cfg::kMaskWords; ++w) s_valid[st][w] = valid[w];
           }
@@ -718,11 +725,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         }
         return true;
       };
-      // Block j's masks on S, then its softmax.
-      auto softmax_block = [&](int j, int st, uint32_t flags, float (&alpha)[2]) {
+      // Block j's masks on S (a prefix of valid keys: the text tail, or the count in a masked stage's
+      // flags), then its softmax.
+      auto softmax_block = [&](int j, uint32_t flags, float (&alpha)[2]) {
         if constexpr (kTail)
           if (j == it.visits - 1) mask_tail<kBN>(s, a.tail_valid, lane);
-        if (kMasked && (flags & kStageMasked)) mask_words<kBN>(s, s_valid[st], lane);
+        if (kMasked && (flags & kStageMasked)) mask_tail<kBN>(s, static_cast<int32_t>(flags >> kStageCountShift), lane);
         online_softmax<kBN>(s, m, l, alpha, a.scale_log2);
       };
       auto issue_qk = [&](int st) {
@@ -749,7 +757,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         wgmma_wait<0>();
         fence_regs(s);
         float alpha[2];
-        softmax_block(0, cur, flags, alpha);  // O is zero: its alpha is not needed
+        softmax_block(0, flags, alpha);  // O is zero: its alpha is not needed
         uint32_t pa[kBN / 16][4];
         pack_p<T, kBN>(pa, s);
         int nst = 0;
@@ -761,7 +769,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           if constexpr (kPingPong) turn_pass(cw);
           wgmma_wait<1>();           // S_j done (groups complete in order)
           fence_regs(s);
-          softmax_block(j, nst, flags, alpha);  // under the P V
+          softmax_block(j, flags, alpha);  // under the P V
           wgmma_wait<0>();
           fence_regs(o);
           fence_regs(pa);

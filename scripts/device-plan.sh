@@ -291,6 +291,29 @@ call8)
   "${PY:-python3}" tools/bench/ab_report.py /tmp/ab.jsonl > "$OUT/ab_report.jsonl"
   sed 's/"ms": \[[^]]*\], //' "$OUT/ab_report.jsonl" | cut -c1-150
   ;;
+call9)
+  # Session 9, fifth run: the masked overlap instance with count masks (flags >> 8) instead of mask words;
+  # correctness, the A/B against bench_sta_ref (69e953c, mask words), and the SASS of the d = 128 bf16
+  # overlap-pp instances, unmasked and masked, for reading here. carry [".gpubin"].
+  g=/tmp/g
+  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
+  export LD_LIBRARY_PATH=$g/lib
+  STAVID_STA_HOPPER_VARIANTS="auto overlap-pp-masked overlap" timeout 150 $g/bin/test_sta \
+    --gtest_filter='StaAttentionHopper.*' > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -6 "$OUT/test.txt" | cut -c1-200
+  for p in 1 2; do
+    for b in bench_sta bench_sta_ref; do
+      timeout 100 $g/bin/$b --only "${AB_CASES:-paper_333,720p_3816_333,720p_688_333}" \
+        --variants auto,overlap-pp-masked 2>> "$OUT/err.txt" | sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> /tmp/ab.jsonl
+    done
+  done
+  "${PY:-python3}" tools/bench/ab_report.py /tmp/ab.jsonl > "$OUT/ab_report.jsonl"
+  sed 's/"ms": \[[^]]*\], //' "$OUT/ab_report.jsonl" | cut -c1-150
+  for k in Lb0ELb1ELb0ELb1E Lb1ELb1ELb0ELb1E; do
+    cuobjdump -sass $g/bin/bench_sta | awk -v k="Li128ELi2ELi128ELi3EEE${k}EEv" \
+      '/Function : /{keep = index($0, k) && index($0, "nv_bfloat16")} keep' > "$OUT/sass_$k.txt"
+    echo "$k: $(wc -l < "$OUT/sass_$k.txt") lines, $(grep -c HGMMA "$OUT/sass_$k.txt") HGMMA"
+  done
+  ;;
 call4)
   # The served product on the H200: the server, client and MP4 decoder built HERE with their Debian
   # libraries (scripts/server_bundle.py: FFmpeg's unused codec dependencies stubbed; about 20 MB, so it
@@ -312,7 +335,7 @@ call4)
   done
   ;;
 *)
-  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call5|call6|call7|call8" >&2
+  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call5|call6|call7|call8|call9" >&2
   exit 2
   ;;
 esac
