@@ -314,6 +314,29 @@ call9)
     echo "$k: $(wc -l < "$OUT/sass_$k.txt") lines, $(grep -c HGMMA "$OUT/sass_$k.txt") HGMMA"
   done
   ;;
+call10)
+  # Session 9, last run: the overlap loop with two P buffers (no wait_group 0 after the softmax, which
+  # ptxas hoisted above it). Correctness, the A/B against bench_sta_ref (038e6d8: one P buffer), the SASS
+  # of the d = 128 bf16 overlap-pp instance. carry [".gpubin"].
+  g=/tmp/g
+  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
+  export LD_LIBRARY_PATH=$g/lib
+  STAVID_STA_HOPPER_VARIANTS="auto overlap-pp-masked overlap" timeout 150 $g/bin/test_sta \
+    --gtest_filter='StaAttentionHopper.*' > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -5 "$OUT/test.txt" | cut -c1-200
+  if grep -q "auto: 0 failed" "$OUT/test.txt"; then
+    for p in 1 2; do
+      for b in bench_sta bench_sta_ref; do
+        timeout 100 $g/bin/$b --only "${AB_CASES:-paper_333,paper_555,paper_full,paper_333_text,720p_3816_333,720p_688_333}" \
+          2>> "$OUT/err.txt" | sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> /tmp/ab.jsonl
+      done
+    done
+    "${PY:-python3}" tools/bench/ab_report.py /tmp/ab.jsonl > "$OUT/ab_report.jsonl"
+    sed 's/"ms": \[[^]]*\], //' "$OUT/ab_report.jsonl" | cut -c1-150
+  fi
+  cuobjdump -sass $g/bin/bench_sta | awk -v k="Li128ELi2ELi128ELi3EEELb0ELb1ELb0ELb1EEEv" \
+    '/Function : /{keep = index($0, k) && index($0, "nv_bfloat16")} keep' > "$OUT/sass_pp.txt"
+  echo "sass: $(wc -l < "$OUT/sass_pp.txt") lines, $(grep -c HGMMA "$OUT/sass_pp.txt") HGMMA, $(grep -c 'DEPBAR' "$OUT/sass_pp.txt") DEPBAR"
+  ;;
 call4)
   # The served product on the H200: the server, client and MP4 decoder built HERE with their Debian
   # libraries (scripts/server_bundle.py: FFmpeg's unused codec dependencies stubbed; about 20 MB, so it
@@ -335,7 +358,7 @@ call4)
   done
   ;;
 *)
-  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call5|call6|call7|call8|call9" >&2
+  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call5|call6|call7|call8|call9|call10" >&2
   exit 2
   ;;
 esac
