@@ -518,15 +518,17 @@ __device__ __forceinline__ void fence_regs(uint32_t (&d)[N][4]) {
 // a.tail_valid. A template parameter, so the other instances compile exactly as before.
 // kOverlap (variant "overlap", 128-row CTAs with the 3-stage ring, no ping-pong): FA3's intra-warpgroup
 // pipelining. After block 0's S and softmax, per visit j >= 1 a consumer warpgroup issues S_j = Q K_j^T,
-// waits for P_{j-2} V_{j-2} (wgmma groups complete in order) and releases stage j - 2, rescales O to
-// block j - 1's row maxima while S_j runs, issues O += P_{j-1} V_{j-1}, waits for the S group, runs
-// block j's masks and softmax while that P V is on the tensor cores and packs P_j into the other of two
-// P buffers; the last block's P V follows the loop. It holds up to three stages (j - 2 until its P V
-// completes, j - 1, j), the whole ring. Live at the softmax: O (d / 2 floats), S (BN / 2) and the two P
-// buffers (BN / 4 registers each), 192 at d = 128, which fits the consumers' setmaxnreg budget only
-// because their waits do not trap (mbar_wait_spin). The masked overlap instances end an item on the
-// stage the producer flagged kStageLast (sta_last_nonempty_visit) instead of an end-of-item stage,
-// whose publication would wait for a free stage while the consumers wait for it.
+// rescales O to block j - 1's row maxima while it runs, issues O += P_{j-1} V_{j-1}, waits for the S
+// group only (wgmma groups complete in order), runs block j's masks and softmax while that P V is on
+// the tensor cores, then waits for it, releases stage j - 1 and converts S_j to P_j; the last block's
+// P V follows the loop. It holds two stages at a time, hence the third. (In the SASS, ptxas hoists the
+// wait_group 0 above most of the softmax, so the softmax runs after this warpgroup's P V; the other
+// warpgroup's GEMMs fill the gap. A loop with two P buffers and no wait_group 0 after the softmax
+// overlaps it for real, and measured within 2% of this one, 720p 3% slower: session 9, not kept.) The masked overlap instances
+// end an item on the stage the producer flagged kStageLast (sta_last_nonempty_visit) instead of an
+// end-of-item stage, whose publication would wait for a free stage while the consumers wait for it. Live at the softmax: O (d / 2
+// floats), S (BN / 2) and P_{j-1} (BN / 4 registers), 160 at d = 128, which fits the consumers'
+// setmaxnreg budget only because their waits do not trap (mbar_wait_spin).
 // kOverlap with kPingPong (variant "overlap-pp", FA3's full schedule at d = 128): the two warpgroups also
 // take turns issuing, a turn being one visit's pair of issues (block 0's Q K^T alone, then S_j with
 // P_{j-1} V_{j-1}, then the last P V alone): n + 1 turns per item of n visits for each warpgroup, so the
@@ -749,70 +751,43 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         for (int kk = 0; kk < kBN / 16; ++kk) wgmma_rs<T, kD>(o, pa[kk], desc_v<Cfg>(svj, kk));
         wgmma_commit();
       };
-      // Two P buffers: P_j is packed while P_{j-1} V_{j-1} still reads the other, so the loop waits for
-      // a P V only after issuing the next Q K^T (wait_group 1), never with wait_group 0 right after the
-      // softmax: ptxas hoisted that wait above the softmax (SASS of session 9, device run 5), which
-      // serialized it behind the P V. The loop is unrolled by two so each buffer stays a register array.
-      int st_prev = 0;  // stage of visit j - 1
+      int cur = 0;
       uint32_t flags = 0;
-      if (next_stage(0, st_prev, flags)) {
+      if (next_stage(0, cur, flags)) {
         if constexpr (kPingPong) turn_wait(cw);
-        issue_qk(st_prev);
+        issue_qk(cur);
         if constexpr (kPingPong) turn_pass(cw);
         wgmma_wait<0>();
         fence_regs(s);
         float alpha[2];
         softmax_block(0, flags, alpha);  // O is zero: its alpha is not needed
-        uint32_t pa0[kBN / 16][4], pa1[kBN / 16][4];
-        pack_p<T, kBN>(pa0, s);
-        int st_prev2 = -1;  // stage of visit j - 2, whose P V may still run (-1: none)
-        // Visit j: P_{j-1} is in `x`; P_{j-2} V_{j-2} (reading `y`) may still run. Returns false, having
-        // done nothing, when the item has no visit j.
-        auto step = [&](int j, uint32_t (&x)[kBN / 16][4], uint32_t (&y)[kBN / 16][4]) {
-          int st = 0;
-          if (!next_stage(j, st, flags)) return false;
+        uint32_t pa[kBN / 16][4];
+        pack_p<T, kBN>(pa, s);
+        int nst = 0;
+        for (int j = 1; next_stage(j, nst, flags); ++j) {
           if constexpr (kPingPong) turn_wait(cw);
-          issue_qk(st);     // S_j = Q K_j^T
-          wgmma_wait<1>();  // P_{j-2} V_{j-2} done (groups complete in order)
-          fence_regs(o);
-          fence_regs(y);
-          if (st_prev2 >= 0) mbar_arrive(empty0 + 8 * st_prev2);  // this thread's reads of stage j - 2
-          rescale_o<kD>(o, alpha);  // O to block j - 1's maximum, under the Q K^T
-          issue_pv(x, st_prev);     // O += P_{j-1} V_{j-1}
+          issue_qk(nst);             // S_j = Q K_j^T
+          rescale_o<kD>(o, alpha);   // under it: O to block j - 1's maximum
+          issue_pv(pa, cur);         // O += P_{j-1} V_{j-1}
           if constexpr (kPingPong) turn_pass(cw);
-          wgmma_wait<1>();  // S_j done
+          wgmma_wait<1>();           // S_j done (groups complete in order)
           fence_regs(s);
           softmax_block(j, flags, alpha);  // under the P V
-          pack_p<T, kBN>(y, s);
-          st_prev2 = st_prev;
-          st_prev = st;
-          return true;
-        };
-        // The last visit's P V (its P in `x`), after the one before it (reading `y`) completes.
-        auto finish = [&](uint32_t (&x)[kBN / 16][4], uint32_t (&y)[kBN / 16][4]) {
           wgmma_wait<0>();
           fence_regs(o);
-          fence_regs(y);
-          if (st_prev2 >= 0) mbar_arrive(empty0 + 8 * st_prev2);
-          rescale_o<kD>(o, alpha);
-          if constexpr (kPingPong) turn_wait(cw);
-          issue_pv(x, st_prev);
-          if constexpr (kPingPong) turn_pass(cw);
-          wgmma_wait<0>();
-          fence_regs(o);
-          fence_regs(x);
-          mbar_arrive(empty0 + 8 * st_prev);
-        };
-        for (int j = 1;; j += 2) {
-          if (!step(j, pa0, pa1)) {
-            finish(pa0, pa1);
-            break;
-          }
-          if (!step(j + 1, pa1, pa0)) {
-            finish(pa1, pa0);
-            break;
-          }
+          fence_regs(pa);
+          mbar_arrive(empty0 + 8 * cur);  // this thread's reads of stage j - 1 are done
+          pack_p<T, kBN>(pa, s);
+          cur = nst;
         }
+        rescale_o<kD>(o, alpha);
+        if constexpr (kPingPong) turn_wait(cw);
+        issue_pv(pa, cur);
+        if constexpr (kPingPong) turn_pass(cw);
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs(pa);
+        mbar_arrive(empty0 + 8 * cur);
       }
     }
     // The other instances, one visit at a time. Unmasked: exactly it.visits stages. Masked: stages until
