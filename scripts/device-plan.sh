@@ -1,24 +1,16 @@
 #!/usr/bin/env bash
-# A session's device plan (docs/demo-model.md "Session 8", docs/perf-notes.md "Session 8"), calls each complete
-# on its own and under the tool's 10 minutes. Session 9's order:
+# A session's device plan (docs/perf-notes.md "Session 9", docs/demo-model.md), calls each complete on its own
+# and under the tool's 10 minutes. Session 10's order (issue 9: text and 720p left; docs/perf-notes.md, the end
+# of "Session 9"):
 #
-#   1. `scripts/device-plan.sh call4`, carry [".gpubin"] (server.tar.xz rebuilt at the final commit with scripts/
-#      server_bundle.py, docs/gpu.md; 20 MB + the 7 MB test bundle + the 29 MB tree fit the 64 MiB): the served
-#      product on the H200: make demo's flow, then check_video.py per attention variant on the 20 held-out
-#      prompts (issue 8 item 4: <= 3 s per generation; the served accuracy next to the CPU's).
-#   2. `scripts/device-plan.sh call3`, carry [".gpubin", ".peer"] (rebuild the test bundle first if kernels/
-#      changed): the kernels' check, the SASS of the overlap draft (.gpubin/overlap.o.xz), the peers.
-#   3. Optional, the demo model (it ships fine-tuned since session 8: 95% with 4 dense steps, 85% with 2):
-#      `DIT2_MIN=0 STA_MIN=7.5 STA_BATCH=32 STA_ARGS=--data-weight,0.2,--distill-weight,1,--steps,1000000,--lr,5e-5
-#      scripts/device-plan.sh call2`, carry ["tools/demo/runs/main"]: continues the shipped checkpoint's STA
-#      fine-tuning (1,463 steps) for 7.5 min, aiming at >= 90% with 2 dense steps (--steps: the stage's default
-#      1,500-step total would stop it at once; the checkpoint travels without Adam moments, so the learning
-#      rate warms up again, to half the first call's peak: a cosine restart), then eval.py. runs/main is
-#      prepared: text, vae, tokenizers, dit and sta with their weights as fp16 (`strip_optimizer.py --half`:
-#      teacher and student fit one carry, 28 MB; fp32 copies in runs/aside/s7-dit15451-weights-f32 and
-#      s8-sta1463-distill: ship from fp32, an fp16 copy exports a few bf16 roundings differently). Unpack sta/
-#      and eval/, then here: ship.py --run RUN --dit sta --models-dir /tmp/shipS --eval 20 (a scratch export)
-#      with --dense-steps 2 and 4; ship if better than the shipped model.
+#   1. The masked instance's own 6% (`overlap-pp-masked` vs `auto` on paper_333, device run 4 of session 9): build
+#      variants here that each remove one masked-only cost (the producer's counts, the flag word, the mask code),
+#      bundle them (scripts/gpu-bundle.sh with AB_REF=<this commit>), and time them as call8 does (change its
+#      --variants), with the 720p cases; the 720p 3x8x16 goal needs about 2%.
+#   2. `scripts/device-plan.sh call6`, carry [".gpubin", ".peer"] (rebuild the bundle first): the whole suites with
+#      auto, the A/B, the peers and the SUMMARY, to close what is met with one run's figures.
+#   3. Optional: call4 (the served product; server bundle rebuilt with scripts/server_bundle.py), call2 (the demo
+#      model's STA fine-tuning, see docs/demo-model.md).
 #
 #   call1  the demo DiT resumed at the native size for what the call has left (about 8.8 min; DIT_MIN
 #          overrides), DIT_BATCH native clips per step (default 64), through common.FusedTransformer
@@ -39,6 +31,8 @@
 #          bench_sta_ref* when the bundle has them; the peers when staged).
 #          carry [".gpubin", ".peer"]; first: make gpu-stage (stages .peer) and
 #          [AB_REF=<ref>,...] scripts/gpu-bundle.sh test_sta bench_sta test_dit bench_dit bench_vae
+#   call5-call10  session 9's runs (the overlap variants, the A/Bs, the masked instance's cost, the SASS), each
+#          described at its case below; call8 is the template for step 1 above.
 #
 # Unpack calls 1-2 here: cat FILES_AT/run.tar.part-* | tar -x -C tools/demo/runs/main (and delete stale shards
 # first: a stage's save removes its old shards only on the machine that saved). A call returns at most about
