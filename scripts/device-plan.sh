@@ -31,8 +31,10 @@
 #          bench_sta_ref* when the bundle has them; the peers when staged).
 #          carry [".gpubin", ".peer"]; first: make gpu-stage (stages .peer) and
 #          [AB_REF=<ref>,...] scripts/gpu-bundle.sh test_sta bench_sta test_dit bench_dit bench_vae
-#   call5-call10  session 9's runs (the overlap variants, the A/Bs, the masked instance's cost, the SASS), each
-#          described at its case below; call8 is the template for step 1 above.
+#   call6-call8  session 9's runs 2-4 (the full check with the peers; the masked launches' A/B and the served
+#          product; the masked instance's cost), each described at its case below; call8 (AB_VARIANTS,
+#          AB_CASES) is the template for step 1 above. Runs 1, 5 and 6 (call5, call9, call10) are in git
+#          history at 4c81485.
 #
 # Unpack calls 1-2 here: cat FILES_AT/run.tar.part-* | tar -x -C tools/demo/runs/main (and delete stale shards
 # first: a stage's save removes its old shards only on the machine that saved). A call returns at most about
@@ -50,6 +52,29 @@ if [ -n "${TOY:-}" ]; then
   export RUN=${RUN:-/tmp/device-plan-toy}
 fi
 run=${RUN:-tools/demo/runs/main}
+
+# The test bundle (scripts/gpu-bundle.sh) into $g, its libraries on the path; prints which commits it holds.
+unpack_bundle() {
+  g=/tmp/g
+  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
+  export LD_LIBRARY_PATH=$g/lib
+  cat $g/refs.txt 2>/dev/null
+}
+# ab_bench FILE CASES VARIANTS REF_VARIANTS: two interleaved passes of bench_sta (VARIANTS) and, when the bundle
+# has it, bench_sta_ref (REF_VARIANTS), JSON lines tagged with "bin" and "pass" appended to FILE (for
+# tools/bench/ab_report.py); stderr to $OUT/err.txt.
+ab_bench() {
+  local file=$1 cases=$2 vs=$3 rvs=$4 p b bv
+  for p in 1 2; do
+    for b in bench_sta bench_sta_ref; do
+      [ -x $g/bin/$b ] || continue
+      bv=$vs
+      [ $b = bench_sta_ref ] && bv=$rvs
+      timeout 170 $g/bin/$b --only "$cases" --variants "$bv" 2>> "$OUT/err.txt" |
+        sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> "$file"
+    done
+  done
+}
 
 case "${1:-}" in
 call1)
@@ -159,76 +184,19 @@ call3)
     "${PY:-python3}" tools/bench/sta_report.py "$OUT/bench_sta.jsonl" "$OUT/peer_attention.jsonl" | grep SUMMARY
   fi
   ;;
-call5)
-  # Session 9: the FA3 intra-warpgroup overlap ("overlap", "overlap-pp") and the consumers' non-trapping
-  # waits (every instance; docs/perf-notes.md "Session 9"), from binaries built here by scripts/gpu-bundle.sh
-  # with AB_REF=1ab87da (bench_sta_ref: the kernels before both). carry [".gpubin", ".peer"].
-  g=/tmp/g
-  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
-  export LD_LIBRARY_PATH=$g/lib
-  cat $g/refs.txt 2>/dev/null
-  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
-  # Correctness: the whole STA suite (auto) with the variant test over the one-turn variants; the
-  # turn-taking ones apart under their own timeout (a protocol fault hangs in bar.sync).
-  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto masked skip persist deep tail overlap}" timeout 200 \
-    $g/bin/test_sta > "$OUT/test_sta.txt" 2>&1; echo "test_sta rc $?"; tail -10 "$OUT/test_sta.txt" | cut -c1-200
-  STAVID_STA_HOPPER_VARIANTS="overlap-pp pingpong" timeout 130 $g/bin/test_sta \
-    --gtest_filter='StaAttentionHopper.*' > "$OUT/test_sta_pp.txt" 2>&1
-  echo "test_sta overlap-pp rc $?"; tail -4 "$OUT/test_sta_pp.txt" | cut -c1-200
-  timeout 100 $g/bin/test_dit > "$OUT/test_dit.txt" 2>&1; echo "test_dit rc $?"; tail -2 "$OUT/test_dit.txt"
-  # Timings: the variants that passed, two interleaved passes, beside bench_sta_ref's skip and deep (the
-  # A/B of the non-trapping waits on unchanged loops).
-  vs=skip,deep
-  for v in tail overlap; do grep -q "^ *$v: 0 failed" "$OUT/test_sta.txt" && vs=$vs,$v; done
-  grep -q "^ *overlap-pp: 0 failed" "$OUT/test_sta_pp.txt" && vs=$vs,overlap-pp
-  echo "timed variants: $vs"
-  cases=${AB_CASES:-paper_333,paper_555,paper_full,paper_333_text,720p_688_333,mixed}
-  for p in 1 2; do
-    for b in bench_sta bench_sta_ref; do
-      [ -x $g/bin/$b ] || continue
-      bv=$vs; [ $b = bench_sta_ref ] && bv=skip,deep
-      timeout 170 $g/bin/$b --only "$cases" --variants "$bv" 2>> "$OUT/ab.err" |
-        sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> "$OUT/ab.jsonl"
-    done
-  done
-  "${PY:-python3}" tools/bench/ab_report.py "$OUT/ab.jsonl" --medians "$OUT/bench_sta.jsonl" > "$OUT/ab_report.jsonl"
-  grep '"ab"' "$OUT/ab_report.jsonl" | sed 's/"ms": \[[^]]*\], //' | cut -c1-150
-  grep '"ab_ratio"' "$OUT/ab_report.jsonl" | cut -c1-150
-  if [ -f .peer/peer_attention.py ]; then
-    shape=(--canvas 30 48 80 --tile 6 8 8 --heads 24 --dim 128 --windows 3,3,3 5,5,5)  # as sta-bench.sh
-    { timeout 100 python3 .peer/peer_attention.py "${shape[@]}"
-      timeout 100 python3 .peer/peer_attention.py "${shape[@]}" --text 256 --text-valid 200; } \
-      > "$OUT/peer_attention.jsonl" 2> "$OUT/peer_attention.err"
-    cut -c1-160 "$OUT/peer_attention.jsonl" | tail -8
-    for v in ${vs//,/ }; do
-      grep "\"variant\": \"$v\"" "$OUT/bench_sta.jsonl" > "$OUT/bench_$v.jsonl"
-      echo "$v $("${PY:-python3}" tools/bench/sta_report.py "$OUT/bench_$v.jsonl" "$OUT/peer_attention.jsonl" | grep SUMMARY)"
-    done
-  fi
-  ;;
 call6)
   # Session 9, second run: "auto" = overlap-pp on 128-row CTAs, the other instances' trapping waits back.
   # The whole suites with auto, the A/B against bench_sta_ref (1ab87da, auto then = skip / tail / deep /
   # persist), the 720p 3x8x16 tile, the peers and the SUMMARY. carry [".gpubin", ".peer"]. At most 8 files
   # come back: the tests' output goes to one file, the errors to another.
-  g=/tmp/g
-  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
-  export LD_LIBRARY_PATH=$g/lib
-  cat $g/refs.txt 2>/dev/null
+  unpack_bundle
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
   STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap masked skip persist deep tail}" timeout 200 \
     $g/bin/test_sta > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -9 "$OUT/test.txt" | cut -c1-200
   echo "=== test_dit" >> "$OUT/test.txt"
   timeout 100 $g/bin/test_dit >> "$OUT/test.txt" 2>&1; echo "test_dit rc $?"; tail -2 "$OUT/test.txt"
   cases=${AB_CASES:-paper_333,paper_555,paper_full,paper_333_text,720p_688_333,720p_388_333,720p_3816_333,mixed}
-  for p in 1 2; do
-    for b in bench_sta bench_sta_ref; do
-      [ -x $g/bin/$b ] || continue
-      bv=auto,overlap; [ $b = bench_sta_ref ] && bv=auto
-      timeout 170 $g/bin/$b --only "$cases" --variants "$bv" 2>> "$OUT/err.txt" |
-        sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> "$OUT/ab.jsonl"
-    done
-  done
+  ab_bench "$OUT/ab.jsonl" "$cases" auto,overlap auto
   "${PY:-python3}" tools/bench/ab_report.py "$OUT/ab.jsonl" --medians "$OUT/bench_sta.jsonl" > "$OUT/ab_report.jsonl"
   grep '"ab"' "$OUT/ab_report.jsonl" | grep -v mixed_single | sed 's/"ms": \[[^]]*\], //' | cut -c1-150
   grep '"ab_ratio"' "$OUT/ab_report.jsonl" | grep -v mixed_single | cut -c1-150
@@ -250,86 +218,30 @@ call7)
   # STA suite with auto and the overlap variants, test_dit, the A/B against bench_sta_ref (9c6f847, the
   # end-of-item stage) on the masked launches, then call4 (the served product, server bundle rebuilt at
   # this tree). carry [".gpubin"]. Seven files come back (the limit is 8).
-  g=/tmp/g
-  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
-  cat $g/refs.txt 2>/dev/null
-  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap overlap-pp}" LD_LIBRARY_PATH=$g/lib timeout 200 \
+  unpack_bundle
+  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap overlap-pp}" timeout 200 \
     $g/bin/test_sta > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -6 "$OUT/test.txt" | cut -c1-200
   echo "=== test_dit" >> "$OUT/test.txt"
-  LD_LIBRARY_PATH=$g/lib timeout 100 $g/bin/test_dit >> "$OUT/test.txt" 2>&1; echo "test_dit rc $?"
+  timeout 100 $g/bin/test_dit >> "$OUT/test.txt" 2>&1; echo "test_dit rc $?"
   tail -1 "$OUT/test.txt"
   cases=${AB_CASES:-720p_688_333,720p_3816_333,720p_388_333,paper_333,paper_333_text}
-  for p in 1 2; do
-    for b in bench_sta bench_sta_ref; do
-      LD_LIBRARY_PATH=$g/lib timeout 120 $g/bin/$b --only "$cases" --variants auto,overlap 2>> "$OUT/err.txt" |
-        sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> /tmp/ab.jsonl
-    done
-  done
+  ab_bench /tmp/ab.jsonl "$cases" auto,overlap auto,overlap
   "${PY:-python3}" tools/bench/ab_report.py /tmp/ab.jsonl > "$OUT/ab_report.jsonl"
   grep -v '"ab_ratio"' "$OUT/ab_report.jsonl" | sed 's/"ms": \[[^]]*\], //' | cut -c1-150
   grep '"ab_ratio"' "$OUT/ab_report.jsonl" | cut -c1-150
+  unset LD_LIBRARY_PATH
   "$0" call4
   ;;
 call8)
   # Session 9, fourth run: what the masked overlap instance costs by itself ("overlap-pp-masked" forces it
   # on launches that need no mask), to tell the 720p gap's cause. carry [".gpubin"].
-  g=/tmp/g
-  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
-  export LD_LIBRARY_PATH=$g/lib
-  STAVID_STA_HOPPER_VARIANTS="overlap-pp-masked" timeout 150 $g/bin/test_sta --gtest_filter='StaAttentionHopper.*' \
+  unpack_bundle
+  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-overlap-pp-masked}" timeout 150 $g/bin/test_sta --gtest_filter='StaAttentionHopper.*' \
     > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -4 "$OUT/test.txt" | cut -c1-200
-  for p in 1 2; do
-    timeout 150 $g/bin/bench_sta --only "${AB_CASES:-paper_333,paper_555,paper_333_text,720p_3816_333,720p_688_333}" \
-      --variants auto,overlap-pp-masked 2>> "$OUT/err.txt" | sed "s/^{/{\"bin\":\"bench_sta\",\"pass\":$p,/" >> /tmp/ab.jsonl
-  done
+  ab_bench /tmp/ab.jsonl "${AB_CASES:-paper_333,paper_555,paper_333_text,720p_3816_333,720p_688_333}" \
+    "${AB_VARIANTS:-auto,overlap-pp-masked}" "${AB_VARIANTS:-auto,overlap-pp-masked}"
   "${PY:-python3}" tools/bench/ab_report.py /tmp/ab.jsonl > "$OUT/ab_report.jsonl"
   sed 's/"ms": \[[^]]*\], //' "$OUT/ab_report.jsonl" | cut -c1-150
-  ;;
-call9)
-  # Session 9, fifth run: the masked overlap instance with count masks (flags >> 8) instead of mask words;
-  # correctness, the A/B against bench_sta_ref (69e953c, mask words), and the SASS of the d = 128 bf16
-  # overlap-pp instances, unmasked and masked, for reading here. carry [".gpubin"].
-  g=/tmp/g
-  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
-  export LD_LIBRARY_PATH=$g/lib
-  STAVID_STA_HOPPER_VARIANTS="auto overlap-pp-masked overlap" timeout 150 $g/bin/test_sta \
-    --gtest_filter='StaAttentionHopper.*' > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -6 "$OUT/test.txt" | cut -c1-200
-  for p in 1 2; do
-    for b in bench_sta bench_sta_ref; do
-      timeout 100 $g/bin/$b --only "${AB_CASES:-paper_333,720p_3816_333,720p_688_333}" \
-        --variants auto,overlap-pp-masked 2>> "$OUT/err.txt" | sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> /tmp/ab.jsonl
-    done
-  done
-  "${PY:-python3}" tools/bench/ab_report.py /tmp/ab.jsonl > "$OUT/ab_report.jsonl"
-  sed 's/"ms": \[[^]]*\], //' "$OUT/ab_report.jsonl" | cut -c1-150
-  for k in Lb0ELb1ELb0ELb1E Lb1ELb1ELb0ELb1E; do
-    cuobjdump -sass $g/bin/bench_sta | awk -v k="Li128ELi2ELi128ELi3EEE${k}EEv" \
-      '/Function : /{keep = index($0, k) && index($0, "nv_bfloat16")} keep' > "$OUT/sass_$k.txt"
-    echo "$k: $(wc -l < "$OUT/sass_$k.txt") lines, $(grep -c HGMMA "$OUT/sass_$k.txt") HGMMA"
-  done
-  ;;
-call10)
-  # Session 9, last run: the overlap loop with two P buffers (no wait_group 0 after the softmax, which
-  # ptxas hoisted above it). Correctness, the A/B against bench_sta_ref (038e6d8: one P buffer), the SASS
-  # of the d = 128 bf16 overlap-pp instance. carry [".gpubin"].
-  g=/tmp/g
-  mkdir -p $g && tar xJf .gpubin/bundle.tar.xz -C $g || exit 1
-  export LD_LIBRARY_PATH=$g/lib
-  STAVID_STA_HOPPER_VARIANTS="auto overlap-pp-masked overlap" timeout 150 $g/bin/test_sta \
-    --gtest_filter='StaAttentionHopper.*' > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -5 "$OUT/test.txt" | cut -c1-200
-  if grep -q "auto: 0 failed" "$OUT/test.txt"; then
-    for p in 1 2; do
-      for b in bench_sta bench_sta_ref; do
-        timeout 100 $g/bin/$b --only "${AB_CASES:-paper_333,paper_555,paper_full,paper_333_text,720p_3816_333,720p_688_333}" \
-          2>> "$OUT/err.txt" | sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> /tmp/ab.jsonl
-      done
-    done
-    "${PY:-python3}" tools/bench/ab_report.py /tmp/ab.jsonl > "$OUT/ab_report.jsonl"
-    sed 's/"ms": \[[^]]*\], //' "$OUT/ab_report.jsonl" | cut -c1-150
-  fi
-  cuobjdump -sass $g/bin/bench_sta | awk -v k="Li128ELi2ELi128ELi3EEELb0ELb1ELb0ELb1EEEv" \
-    '/Function : /{keep = index($0, k) && index($0, "nv_bfloat16")} keep' > "$OUT/sass_pp.txt"
-  echo "sass: $(wc -l < "$OUT/sass_pp.txt") lines, $(grep -c HGMMA "$OUT/sass_pp.txt") HGMMA, $(grep -c 'DEPBAR' "$OUT/sass_pp.txt") DEPBAR"
   ;;
 call4)
   # The served product on the H200: the server, client and MP4 decoder built HERE with their Debian
@@ -352,7 +264,7 @@ call4)
   done
   ;;
 *)
-  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call5|call6|call7|call8|call9|call10" >&2
+  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call6|call7|call8" >&2
   exit 2
   ;;
 esac
