@@ -113,7 +113,8 @@ StaHopperVariant sta_hopper_variant() {
   else if (name == "overlap-pp-masked") v.kind = StaHopperVariant::OverlapPingPongMasked;
   else
     STAVID_THROW(ErrorCode::InvalidArgument, "STAVID_STA_HOPPER_VARIANT=", s,
-                 ": expected auto, masked, lean, skip, persist, persist:N, deep, pingpong, pingpong-deep, tail, overlap, overlap-pp or overlap-pp-masked");
+                 ": expected auto, masked, lean, skip, persist, persist:N, deep, pingpong, pingpong-deep, tail, "
+                 "overlap, overlap-pp or overlap-pp-masked");
   if (name.size() < s.size()) {
     const std::string cap = s.substr(name.size() + 1);
     char* end = nullptr;

@@ -524,10 +524,10 @@ __device__ __forceinline__ void fence_regs(uint32_t (&d)[N][4]) {
 // P V follows the loop. It holds two stages at a time, hence the third. (In the SASS, ptxas hoists the
 // wait_group 0 above most of the softmax, so the softmax runs after this warpgroup's P V; the other
 // warpgroup's GEMMs fill the gap. A loop with two P buffers and no wait_group 0 after the softmax
-// overlaps it for real, and measured within 2% of this one, 720p 3% slower: session 9, not kept.) The masked overlap instances
-// end an item on the stage the producer flagged kStageLast (sta_last_nonempty_visit) instead of an
-// end-of-item stage, whose publication would wait for a free stage while the consumers wait for it. Live at the softmax: O (d / 2
-// floats), S (BN / 2) and P_{j-1} (BN / 4 registers), 160 at d = 128, which fits the consumers'
+// overlaps it for real, and measured within 2% of this one, 720p 3% slower: session 9, not kept.) The masked overlap
+// instances end an item on the stage the producer flagged kStageLast (sta_last_nonempty_visit) instead of an
+// end-of-item stage, whose publication would wait for a free stage while the consumers wait for it. Live at the
+// softmax: O (d / 2 floats), S (BN / 2) and P_{j-1} (BN / 4 registers), 160 at d = 128, which fits the consumers'
 // setmaxnreg budget only because their waits do not trap (mbar_wait_spin).
 // kOverlap with kPingPong (variant "overlap-pp", FA3's full schedule at d = 128): the two warpgroups also
 // take turns issuing, a turn being one visit's pair of issues (block 0's Q K^T alone, then S_j with
@@ -877,7 +877,8 @@ EncodeTiledFn encode_tiled_fn() {
   static EncodeTiledFn fn = [] {
     void* ptr = nullptr;
     cudaDriverEntryPointQueryResult qres{};
-    STAVID_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &qres));
+    STAVID_CUDA_CHECK(
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &qres));
     STAVID_CHECK_CODE(qres == cudaDriverEntryPointSuccess && ptr, ErrorCode::Unsupported,
                       "STA Hopper: the driver has no cuTensorMapEncodeTiled");
     return reinterpret_cast<EncodeTiledFn>(ptr);

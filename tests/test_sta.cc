@@ -214,7 +214,8 @@ bool check_visit_list(const StaGeometry& g, StaWindow w) {
       }
       if (ok && sta_last_nonempty_visit(g, range, block_n) != last_nonempty) {
         ADD_FAILURE() << ctx << " block_n " << block_n << ", query block at " << q0 << ": sta_last_nonempty_visit "
-                      << sta_last_nonempty_visit(g, range, block_n) << ", the last visit with a real key " << last_nonempty;
+                      << sta_last_nonempty_visit(g, range, block_n) << ", the last visit with a real key "
+                      << last_nonempty;
         ok = false;
       }
       for (int64_t q = q0; q < q1 && ok; ++q) {
@@ -1060,9 +1061,8 @@ TEST(StaSelector, HopperVariantFromEnvironment) {
     ScopedEnv unset("STAVID_STA_HOPPER_VARIANT", "");
     EXPECT_EQ(detail::sta_hopper_variant().kind, detail::StaHopperVariant::Auto) << "the default";
   }
-  for (const char* name :
-       {"auto", "masked", "lean", "skip", "persist", "persist:3", "deep", "pingpong", "pingpong-deep", "tail", "overlap",
-        "overlap-pp", "overlap-pp-masked"}) {
+  for (const char* name : {"auto", "masked", "lean", "skip", "persist", "persist:3", "deep", "pingpong",
+                           "pingpong-deep", "tail", "overlap", "overlap-pp", "overlap-pp-masked"}) {
     ScopedEnv v("STAVID_STA_HOPPER_VARIANT", name);
     EXPECT_EQ(detail::sta_hopper_variant_name(detail::sta_hopper_variant()), name);
   }
@@ -1143,18 +1143,18 @@ TEST(StaSelector, HopperAutoResolution) {
 }
 
 // The Hopper variants the GPU test checks: STAVID_STA_HOPPER_VARIANTS (names separated by spaces or
-// commas) or, unset, every variant (auto, the default, first) and persist:3 (3 CTAs, each taking many work items: the Q buffers
-// and the K/V ring wrap across items). "persist" listed brings persist:3 along: the uncapped grid (132
-// or 264 CTAs on an H200) gives every CTA at most one item in 18 of the 20 small cases (the other
-// two, 180 and 324 items, are unmasked 128-row launches), so "persist" alone would never run a
-// second item on a masked or a 64-row CTA, the path every large launch depends on.
+// commas) or, unset, every variant (auto, the default, first) and persist:3 (3 CTAs, each taking many work items: the Q
+// buffers and the K/V ring wrap across items). "persist" listed brings persist:3 along: the uncapped grid (132 or 264
+// CTAs on an H200) gives every CTA at most one item in 18 of the 20 small cases (the other two, 180 and 324 items, are
+// unmasked 128-row launches), so "persist" alone would never run a second item on a masked or a 64-row CTA, the path
+// every large launch depends on.
 [[maybe_unused]] std::vector<std::string> hopper_test_variants() {
   const char* env = std::getenv("STAVID_STA_HOPPER_VARIANTS");
   std::vector<std::string> vs;
   std::string cur;
-  for (const char* ch = env ? env : "auto masked lean skip persist persist:3 deep pingpong pingpong-deep tail overlap overlap-pp "
-                                "overlap-pp-masked";;
-       ++ch) {
+  static const char* const kEvery =
+      "auto masked lean skip persist persist:3 deep pingpong pingpong-deep tail overlap overlap-pp overlap-pp-masked";
+  for (const char* ch = env ? env : kEvery;; ++ch) {
     if (*ch == ' ' || *ch == ',' || *ch == '\0') {
       if (!cur.empty()) vs.push_back(cur);
       cur.clear();
