@@ -36,7 +36,7 @@
 //   first n (sta_block_valid_count) and the BN-bit valid mask is a prefix, built from n by the one
 //   producer thread (no per-key ballots: no warp needed); a block with n == BN runs unmasked. The
 //   producer stores the mask with the stage's flag before the arrive on `full` (release; the
-//   consumers' wait acquires it). Keys past the sequence read as zero (TMA out-of-bounds fill) and are
+//   consumers' wait acquires it); the overlap instances pass n itself in the flag word instead. Keys past the sequence read as zero (TMA out-of-bounds fill) and are
 //   invalid in the mask too; keys that exist in memory but are invisible (padded slots, text slots
 //   past text_valid) are masked. With skip_empty, a block whose mask is all zero is not loaded at
 //   all, and a query block of padded slots only visits nothing (its rows, dropped by untile, come out
