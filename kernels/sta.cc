@@ -156,16 +156,17 @@ int32_t sta_hopper_text_tail_only(const StaGeometry& g, int32_t block_n) {
 // mixed windows 41.6 (deep 45.1).
 StaHopperVariant sta_hopper_resolve(const StaAttentionParams& p, StaHopperVariant v) {
   if (v.kind != StaHopperVariant::Auto) return v;
-  const bool rows64 = p.geom.tile_tokens % 128 != 0;
+  StaHopperVariant r;
+  if (p.geom.tile_tokens % 128 == 0) {  // 128-row CTAs
+    r.kind = StaHopperVariant::OverlapPingPong;
+    return r;
+  }
   bool differ = false;
   for (int h = 1; p.host_windows && h < p.heads && !differ; ++h) {
     const StaWindow a = p.host_windows[0], b = p.host_windows[h];
     differ = a.t != b.t || a.h != b.h || a.w != b.w;
   }
-  StaHopperVariant r;
-  if (!rows64) r.kind = StaHopperVariant::OverlapPingPong;
-  else if (differ) r.kind = StaHopperVariant::Persist;
-  else r.kind = StaHopperVariant::Skip;
+  r.kind = differ ? StaHopperVariant::Persist : StaHopperVariant::Skip;
   return r;
 }
 

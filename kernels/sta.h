@@ -388,8 +388,8 @@ bool sta_hopper_supports(const StaAttentionParams& p);
 //   words, no per-stage flags, no end-of-item stage). 128-row CTAs only (64-row CTAs run it as "skip");
 // - "overlap": deep, with FA3's intra-warpgroup pipelining in the consumers (block j's Q K^T and block
 //   j - 1's P V issued back to back, block j's softmax under that P V), on unmasked, text-tail-only (as
-//   "tail") and masked launches alike; 64-row CTAs run it as "skip". Session 9: first compiled without
-//   spills at d = 128 (the consumers' waits no longer trap); session 9: 8-11% faster than "deep";
+//   "tail") and masked launches alike; 64-row CTAs run it as "skip". Session 9: without spills at
+//   d = 128 once the consumers' waits no longer trap, and 8-11% faster than "deep";
 // - "overlap-pp": overlap, with the two consumer warpgroups also taking turns to issue (FA3's full
 //   schedule: ping-pong and intra-warpgroup overlap); 64-row CTAs run it as "skip". Session 9: the
 //   fastest on every case timed (0.5-4% ahead of "overlap"), so "auto" picks it on 128-row CTAs;
@@ -400,8 +400,10 @@ bool sta_hopper_supports(const StaAttentionParams& p);
 //   padded canvases, mixed windows); on 64-row CTAs "persist" when the heads' windows differ
 //   (host_windows; the longest-first order balances them), else "skip".
 struct StaHopperVariant {
-  enum Kind : uint8_t { Masked, Lean, Skip, Persist, Deep, Auto, PingPong, PingPongDeep, Tail, Overlap, OverlapPingPong,
-              OverlapPingPongMasked } kind = Auto;
+  enum Kind : uint8_t {
+    Masked, Lean, Skip, Persist, Deep, Auto, PingPong, PingPongDeep, Tail, Overlap, OverlapPingPong,
+    OverlapPingPongMasked
+  } kind = Auto;
   int32_t max_ctas = 0;  // "persist:N": at most N CTAs (0: no cap); tests use it to give CTAs many items
 };
 // Parses STAVID_STA_HOPPER_VARIANT (unset or empty: auto); throws InvalidArgument on an unknown name.
