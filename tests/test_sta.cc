@@ -1104,6 +1104,8 @@ TEST(StaSelector, HopperAutoResolution) {
   EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}), &mixed), pp) << "different windows, 128-row CTAs";
   EXPECT_EQ(resolve(geom({10, 48, 80}, {1, 8, 8}), &mixed), V::Persist) << "different windows, 64-row CTAs";
   EXPECT_EQ(resolve(geom({10, 48, 80}, {1, 8, 8}), nullptr), V::Skip) << "windows unknown on the host";
+  EXPECT_EQ(resolve(geom({10, 48, 80}, {2, 8, 8}), nullptr), pp) << "windows unknown, 128-row CTAs";
+  EXPECT_EQ(resolve(geom({33, 45, 80}, {6, 8, 8}), &mixed), pp) << "padded canvas, different windows";
   V lean;
   lean.kind = V::Lean;
   EXPECT_EQ(resolve(geom({33, 45, 80}, {6, 8, 8}), &mixed, lean), V::Lean) << "a named variant stays";
