@@ -243,6 +243,65 @@ call8)
   "${PY:-python3}" tools/bench/ab_report.py /tmp/ab.jsonl > "$OUT/ab_report.jsonl"
   sed 's/"ms": \[[^]]*\], //' "$OUT/ab_report.jsonl" | cut -c1-150
   ;;
+call11)
+  # Session 10, first run: what the masked overlap instance pays, and whether K/V traffic bounds the loop. Bundle:
+  # bench_sta + test_sta of this tree (the masked / text-tail overlap softmax as two whole paths), bench_sta_ref =
+  # the committed kernel, ref2 = STAVID_HOPPER_DIAG (1: K only after the first ring fill, 2: no loads) and the
+  # cluster occupancy print, ref3 = the masked overlap producer with the unmasked consumers. carry [".gpubin"].
+  unpack_bundle
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap-pp-masked}" timeout 150 $g/bin/test_sta \
+    --gtest_filter='StaAttentionHopper.*' > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -4 "$OUT/test.txt" | cut -c1-200
+  cases=${AB_CASES:-paper_333,720p_3816_333,paper_333_text,paper_full}
+  for p in 1 2; do
+    for b in bench_sta bench_sta_ref; do
+      timeout 100 $g/bin/$b --only "$cases" --variants auto,overlap-pp-masked 2>> "$OUT/err.txt" |
+        sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> /tmp/ab.jsonl
+    done
+    for d in 1 2; do
+      STAVID_HOPPER_DIAG=$d STAVID_HOPPER_DIAG_CLUSTERS=$((p == 1 && d == 1)) timeout 100 $g/bin/bench_sta_ref2 \
+        --only paper_333,paper_full,720p_3816_333 --variants auto 2>> "$OUT/diag.txt" |
+        sed "s/^{/{\"bin\":\"diag$d\",\"pass\":$p,/" >> /tmp/ab.jsonl
+    done
+    timeout 60 $g/bin/bench_sta_ref3 --only paper_333,paper_full --variants overlap-pp-masked 2>> "$OUT/err.txt" |
+      sed "s/^{/{\"bin\":\"prod\",\"pass\":$p,/" >> /tmp/ab.jsonl
+  done
+  grep diag_clusters "$OUT/diag.txt" | sort -u
+  "${PY:-python3}" tools/bench/ab_report.py /tmp/ab.jsonl > "$OUT/ab_report.jsonl"
+  sed 's/"ms": \[[^]]*\], //' "$OUT/ab_report.jsonl" | grep -v ab_ratio | cut -c1-150
+  if command -v cuobjdump > /dev/null; then
+    cuobjdump -sass $g/bin/bench_sta | awk '/Function : /{keep = /nv_bfloat16Li128ELi2ELi128ELi3EEELb1ELb1ELb0ELb1E/} keep' \
+      > "$OUT/sass_masked.txt"
+    echo "masked SASS: $(grep -c HGMMA "$OUT/sass_masked.txt") HGMMA, $(grep -c 'STL\|LDL' "$OUT/sass_masked.txt") STL/LDL"
+  fi
+  ;;
+call12)
+  # Session 10, second run: the overlap instances' K and V halves on barriers of their own (K refilled once its
+  # Q K^T is done). The STA suite with auto and the overlap variants, test_dit, the A/B against bench_sta_ref
+  # (the whole-stage barriers) on every goal case, the peers and the SUMMARY. carry [".gpubin", ".peer"].
+  unpack_bundle
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap overlap-pp-masked}" timeout 220 \
+    $g/bin/test_sta > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -6 "$OUT/test.txt" | cut -c1-200
+  echo "=== test_dit" >> "$OUT/test.txt"
+  timeout 100 $g/bin/test_dit >> "$OUT/test.txt" 2>&1; echo "test_dit rc $?"; tail -1 "$OUT/test.txt"
+  grep -q "overlap-pp-masked: 0 failed" "$OUT/test.txt" || { echo "variant test failed: no timing"; exit 1; }
+  cases=${AB_CASES:-paper_333,paper_555,paper_full,paper_333_text,720p_688_333,720p_388_333,720p_3816_333,mixed}
+  ab_bench "$OUT/ab.jsonl" "$cases" auto auto
+  ab_bench "$OUT/ab.jsonl" paper_333,720p_3816_333 overlap-pp-masked overlap-pp-masked
+  "${PY:-python3}" tools/bench/ab_report.py "$OUT/ab.jsonl" --medians /tmp/medians.jsonl > "$OUT/ab_report.jsonl"
+  grep '"variant": "auto"' /tmp/medians.jsonl > "$OUT/bench_sta.jsonl"
+  grep '"ab"' "$OUT/ab_report.jsonl" | grep -v mixed_single | sed 's/"ms": \[[^]]*\], //' | cut -c1-150
+  grep '"ab_ratio"' "$OUT/ab_report.jsonl" | grep -v mixed_single | cut -c1-150
+  if [ -f .peer/peer_attention.py ]; then
+    shape=(--canvas 30 48 80 --tile 6 8 8 --heads 24 --dim 128 --windows 3,3,3 5,5,5)  # as sta-bench.sh
+    { timeout 100 python3 .peer/peer_attention.py "${shape[@]}"
+      timeout 100 python3 .peer/peer_attention.py "${shape[@]}" --text 256 --text-valid 200; } \
+      > "$OUT/peer_attention.jsonl" 2>> "$OUT/err.txt"
+    cut -c1-120 "$OUT/peer_attention.jsonl" | tail -8
+    "${PY:-python3}" tools/bench/sta_report.py "$OUT/bench_sta.jsonl" "$OUT/peer_attention.jsonl" | grep SUMMARY
+  fi
+  ;;
 call4)
   # The served product on the H200: the server, client and MP4 decoder built HERE with their Debian
   # libraries (scripts/server_bundle.py: FFmpeg's unused codec dependencies stubbed; about 20 MB, so it
@@ -264,7 +323,7 @@ call4)
   done
   ;;
 *)
-  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call6|call7|call8" >&2
+  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call6|call7|call8|call11|call12" >&2
   exit 2
   ;;
 esac
