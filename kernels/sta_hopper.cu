@@ -546,10 +546,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   static_assert(!kOverlap || (Cfg::kConsumers == 2 && kStages >= 3),
                 "overlap: 128-row CTAs holding two stages of a ring of three or more");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // full[kStages], empty[kStages], q_full[kQBufs], q_empty[kQBufs]; the overlap instances also full_v[kStages],
-  // empty_v[kStages]: their K and V halves of a stage fill and free apart (full / empty then cover K only).
-  constexpr int kBars = 2 * (kStages + Cfg::kQBufs) + (kOverlap ? 2 * kStages : 0);
-  __shared__ __align__(8) uint64_t bars[kBars];
+  // full[kStages], empty[kStages], q_full[kQBufs], q_empty[kQBufs]
+  __shared__ __align__(8) uint64_t bars[2 * (kStages + Cfg::kQBufs)];
   __shared__ HopperItem s_item[Cfg::kQBufs];
   // Masked instance, per stage: kStage* flags and the valid keys of the block in flight (bit i of
   // word w: key 32 w + i), written only for masked blocks.
@@ -561,25 +559,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   const uint32_t sq = base + Cfg::kSmemQ, sk = base + Cfg::kSmemK, sv = base + Cfg::kSmemV;
   const uint32_t full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[kStages]);
   const uint32_t q_full0 = smem_u32(&bars[2 * kStages]), q_empty0 = smem_u32(&bars[2 * kStages + Cfg::kQBufs]);
-  // Overlap instances: V's own barriers (unused elsewhere: they alias the last entries then, never touched).
-  const uint32_t full_v0 = smem_u32(&bars[kBars - 2 * kStages]), empty_v0 = smem_u32(&bars[kBars - kStages]);
   const StaGeometry& g = a.g;
   const int wg = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full0 + 8 * s, 1);                        // the producer's arrive(.expect_tx)
-      mbar_init(empty0 + 8 * s, Cfg::kConsumers * 128);  // every consumer thread
+      // every consumer thread; in the overlap instances one lane per consumer warp
+      mbar_init(empty0 + 8 * s, Cfg::kConsumers * (kOverlap ? 4 : 128));
     }
     for (int s = 0; s < Cfg::kQBufs; ++s) {
       mbar_init(q_full0 + 8 * s, 1);
       mbar_init(q_empty0 + 8 * s, Cfg::kConsumers * 128);
     }
-    if constexpr (kOverlap)
-      for (int s = 0; s < kStages; ++s) {
-        mbar_init(full_v0 + 8 * s, 1);
-        mbar_init(empty_v0 + 8 * s, Cfg::kConsumers * 128);
-      }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -679,27 +671,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           }
           const int32_t key = static_cast<int32_t>(v.key_start);
           const uint32_t bar = full0 + 8 * st;
-          if constexpr (kOverlap) {
-            // K and V apart: K into the stage as soon as the consumers' Q K^T on its last block is done
-            // (empty = K's), V once their P V is (empty_v), so K lands about a visit earlier than a
-            // whole stage would, and V (needed half a visit after K) has its own barrier.
-            mbar_arrive_expect_tx(bar, Cfg::kKvBytes);
+          mbar_arrive_expect_tx(bar, 2 * Cfg::kKvBytes);
 #pragma unroll
-            for (int x = 0; x < kBoxes; ++x)
-              tma_load_4d(sk + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_k, bar, 64 * x, key, h, b);
-            if (slot >= kStages) mbar_wait(empty_v0 + 8 * st, (slot / kStages - 1) & 1);
-            const uint32_t bar_v = full_v0 + 8 * st;
-            mbar_arrive_expect_tx(bar_v, Cfg::kKvBytes);
-#pragma unroll
-            for (int x = 0; x < kBoxes; ++x)
-              tma_load_4d(sv + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_v, bar_v, 64 * x, key, h, b);
-          } else {
-            mbar_arrive_expect_tx(bar, 2 * Cfg::kKvBytes);
-#pragma unroll
-            for (int x = 0; x < kBoxes; ++x) {
-              tma_load_4d(sk + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_k, bar, 64 * x, key, h, b);
-              tma_load_4d(sv + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_v, bar, 64 * x, key, h, b);
-            }
+          for (int x = 0; x < kBoxes; ++x) {
+            tma_load_4d(sk + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_k, bar, 64 * x, key, h, b);
+            tma_load_4d(sv + st * Cfg::kKvBytes + x * Cfg::kKvBox, &tm_v, bar, 64 * x, key, h, b);
           }
           ++slot;
         }
@@ -741,15 +717,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       // FA3's intra-warpgroup pipelining (protocol at the kernel's template). next_stage waits for the
       // item's visit j and says whether there is one (unmasked: j < it.visits; masked: none when the item
       // has no visit, else until the one the producer flagged kStageLast).
-      // It waits for the block's K only (full); its V has a barrier of its own (full_v, phase `par`), waited
-      // for just before the block's P V is issued. The stage's K is released (empty) once its Q K^T is done,
-      // its V (empty_v) once its P V is.
       bool ended = false;
-      auto next_stage = [&](int j, int& st, uint32_t& par, uint32_t& flags) {
+      auto next_stage = [&](int j, int& st, uint32_t& flags) {
         if (kMasked ? (j == 0 ? it.visits == 0 : ended) : j >= it.visits) return false;
         st = slot % kStages;
-        par = (slot / kStages) & 1;
-        mbar_wait_spin(full0 + 8 * st, par);
+        mbar_wait_spin(full0 + 8 * st, (slot / kStages) & 1);
         ++slot;
         if constexpr (kMasked) {
           flags = s_flags[st];
@@ -781,22 +753,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         wgmma_commit();
       };
       int cur = 0;
-      uint32_t flags = 0, cur_par = 0;
-      if (next_stage(0, cur, cur_par, flags)) {
+      uint32_t flags = 0;
+      if (next_stage(0, cur, flags)) {
         if constexpr (kPingPong) turn_wait(cw);
         issue_qk(cur);
         if constexpr (kPingPong) turn_pass(cw);
         wgmma_wait<0>();
         fence_regs(s);
-        mbar_arrive(empty0 + 8 * cur);  // this thread's reads of block 0's K are done
         float alpha[2];
         softmax_block(0, flags, alpha);  // O is zero: its alpha is not needed
         uint32_t pa[kBN / 16][4];
         pack_p<T, kBN>(pa, s);
         int nst = 0;
-        uint32_t nst_par = 0;
-        for (int j = 1; next_stage(j, nst, nst_par, flags); ++j) {
-          mbar_wait_spin(full_v0 + 8 * cur, cur_par);  // V_{j-1}, before this warpgroup's turn
+        for (int j = 1; next_stage(j, nst, flags); ++j) {
           if constexpr (kPingPong) turn_wait(cw);
           issue_qk(nst);             // S_j = Q K_j^T
           rescale_o<kD>(o, alpha);   // under it: O to block j - 1's maximum
@@ -804,25 +773,24 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           if constexpr (kPingPong) turn_pass(cw);
           wgmma_wait<1>();           // S_j done (groups complete in order)
           fence_regs(s);
-          mbar_arrive(empty0 + 8 * nst);  // this thread's reads of K_j are done
           softmax_block(j, flags, alpha);  // under the P V
           wgmma_wait<0>();
           fence_regs(o);
           fence_regs(pa);
-          mbar_arrive(empty_v0 + 8 * cur);  // this thread's reads of V_{j-1} are done
+          // The warp's reads of stage j - 1 are done: its wgmma groups have completed (the wait is
+          // warp-converged), and its loads of the stage's flags fed block j - 1's softmax.
+          if (lane == 0) mbar_arrive(empty0 + 8 * cur);
           pack_p<T, kBN>(pa, s);
           cur = nst;
-          cur_par = nst_par;
         }
         rescale_o<kD>(o, alpha);
-        mbar_wait_spin(full_v0 + 8 * cur, cur_par);
         if constexpr (kPingPong) turn_wait(cw);
         issue_pv(pa, cur);
         if constexpr (kPingPong) turn_pass(cw);
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
-        mbar_arrive(empty_v0 + 8 * cur);
+        if (lane == 0) mbar_arrive(empty0 + 8 * cur);
       }
     }
     // The other instances, one visit at a time. Unmasked: exactly it.visits stages. Masked: stages until

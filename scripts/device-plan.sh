@@ -60,16 +60,15 @@ unpack_bundle() {
   export LD_LIBRARY_PATH=$g/lib
   cat $g/refs.txt 2>/dev/null
 }
-# ab_bench FILE CASES VARIANTS REF_VARIANTS: two interleaved passes of bench_sta (VARIANTS) and, when the bundle
-# has it, bench_sta_ref (REF_VARIANTS), JSON lines tagged with "bin" and "pass" appended to FILE (for
+# ab_bench FILE CASES VARIANTS REF_VARIANTS: two interleaved passes of bench_sta (VARIANTS) and of every
+# bench_sta_ref* the bundle has (REF_VARIANTS), JSON lines tagged with "bin" and "pass" appended to FILE (for
 # tools/bench/ab_report.py); stderr to $OUT/err.txt.
 ab_bench() {
   local file=$1 cases=$2 vs=$3 rvs=$4 p b bv
   for p in 1 2; do
-    for b in bench_sta bench_sta_ref; do
-      [ -x $g/bin/$b ] || continue
+    for b in $(cd $g/bin && ls bench_sta bench_sta_ref* 2>/dev/null); do
       bv=$vs
-      [ $b = bench_sta_ref ] && bv=$rvs
+      [ $b != bench_sta ] && bv=$rvs
       timeout 170 $g/bin/$b --only "$cases" --variants "$bv" 2>> "$OUT/err.txt" |
         sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> "$file"
     done
