@@ -244,6 +244,84 @@ STA_HD int32_t sta_last_nonempty_visit(const StaGeometry& g, const StaTileRange&
   return (r.count() - 1) * per_tile + (valid + block_n - 1) / block_n - 1;
 }
 
+// THE visit list walked in order without divisions (for a producer thread that issues every visit):
+// sta_walk_begin is visit 0 (when the list is not empty), each sta_walk_next the following one, equal to
+// sta_visit_at(g, r, block_n, w.j) (tests/test_sta.cc). Tiles follow each other in raster order, so the
+// next block's first slot is this block's end except where the range's w-run or h x w plane ends, where
+// it jumps over the tiles outside the range; a tile needs masks iff one of its coordinates is the padded
+// last tile of its axis.
+struct StaWalk {
+  StaVisit v;               // the current visit
+  int32_t j = 0;            // its index in the list
+  int32_t b = 0;            // block in its tile
+  int32_t k[3] = {0, 0, 0};  // its tile's offsets in the range (t, h, w); k[0] == r.cnt[0]: text blocks
+};
+
+// The padded last tile coordinate per axis (-1 when the tile divides the canvas on that axis).
+STA_HD int32_t sta_padded_coord(const StaGeometry& g, int d) {
+  return g.canvas[d] % g.tile[d] != 0 ? g.grid[d] - 1 : -1;
+}
+
+STA_HD bool sta_walk_tile_padded(const StaGeometry& g, const StaTileRange& r, const StaWalk& w) {
+  bool padded = false;
+  for (int d = 0; d < 3; ++d) padded = padded || r.lo[d] + w.k[d] == sta_padded_coord(g, d);
+  return padded;
+}
+
+STA_HD StaWalk sta_walk_begin(const StaGeometry& g, const StaTileRange& r, int32_t block_n) {
+  StaWalk w;
+  if (r.count() > 0) {
+    const int32_t tile_id = (r.lo[0] * g.grid[1] + r.lo[1]) * g.grid[2] + r.lo[2];
+    w.v.key_start = static_cast<int64_t>(tile_id) * g.tile_tokens;
+    w.v.needs_mask = sta_walk_tile_padded(g, r, w);
+  } else {
+    w.k[0] = r.cnt[0];
+    w.v.key_start = g.img_slots;
+    w.v.needs_mask = block_n > g.text_valid;
+  }
+  return w;
+}
+
+STA_HD void sta_walk_next(const StaGeometry& g, const StaTileRange& r, int32_t block_n, StaWalk& w) {
+  ++w.j;
+  w.v.key_start += block_n;
+  if (w.k[0] == r.cnt[0]) {  // text blocks are consecutive
+    w.v.needs_mask = w.v.key_start - g.img_slots + block_n > g.text_valid;
+    return;
+  }
+  if (++w.b < g.tile_tokens / block_n) return;  // the same tile
+  w.b = 0;
+  // The next tile: along w (the next slots), else the next h row, else the next t plane of the range.
+  if (++w.k[2] == r.cnt[2]) {
+    w.k[2] = 0;
+    w.v.key_start += static_cast<int64_t>(g.grid[2] - r.cnt[2]) * g.tile_tokens;
+    if (++w.k[1] == r.cnt[1]) {
+      w.k[1] = 0;
+      w.v.key_start += static_cast<int64_t>(g.grid[1] - r.cnt[1]) * g.grid[2] * g.tile_tokens;
+      if (++w.k[0] == r.cnt[0]) {  // past the last tile: the text blocks
+        w.v.key_start = g.img_slots;
+        w.v.needs_mask = block_n > g.text_valid;
+        return;
+      }
+    }
+  }
+  w.v.needs_mask = sta_walk_tile_padded(g, r, w);
+}
+
+// The current block's valid keys (== sta_block_valid_count(g, w.v.key_start, block_n)), for masked visits.
+STA_HD int32_t sta_walk_valid_count(const StaGeometry& g, const StaTileRange& r, const StaWalk& w, int32_t block_n) {
+  int64_t valid;  // valid keys from the block's first slot on, in its tile or the text
+  if (w.k[0] == r.cnt[0]) {
+    valid = g.text_valid - (w.v.key_start - g.img_slots);
+  } else {
+    int64_t tokens = 1;
+    for (int d = 0; d < 3; ++d)
+      tokens *= r.lo[d] + w.k[d] == sta_padded_coord(g, d) ? g.canvas[d] - (g.grid[d] - 1) * g.tile[d] : g.tile[d];
+    valid = tokens - static_cast<int64_t>(w.b) * block_n;
+  }
+  return valid <= 0 ? 0 : (valid >= block_n ? block_n : static_cast<int32_t>(valid));
+}
+
 // The key range a query slot sees (image query: its tile's window; text query: all tiles).
 STA_HD StaTileRange sta_query_range(const StaGeometry& g, StaWindow w, int64_t q_slot) {
   if (q_slot >= g.img_slots) return sta_all_tiles(g);

@@ -625,6 +625,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         // The next item, fetched while the Q load flies and the ring is still full of the last
         // item's blocks; kept in shared memory (the producer has 40 registers).
         if (a.persistent) s_next = static_cast<int>(gridDim.x) + atomicAdd(a.counter, 1);
+        // The visit list, walked without divisions (sta_walk_next: a tile change costs a few compares),
+        // except in the masked per-visit instances, where the walk's state spilled 4-8 bytes of the
+        // producer's 40 registers: they keep sta_visit_next (a division per visit, three more per tile).
+        constexpr bool kWalk = !kMasked || kOverlap;
+        StaWalk walk = sta_walk_begin(g, r, kBN);
         StaVisit v{};
         // Masked overlap instance: the item's last visit with data is flagged kStageLast instead of an
         // end-of-item stage following it (whose round trip the overlapped loop would wait for). The
@@ -633,29 +638,25 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         if constexpr (kMasked && kOverlap)
           if (a.skip_empty) last = sta_last_nonempty_visit(g, r, kBN);
         for (int j = 0; j < n_visits; ++j) {
-          v = j == 0 ? sta_visit_at(g, r, kBN, 0) : sta_visit_next(g, r, kBN, j - 1, v);
-          uint32_t valid[Cfg::kMaskWords];
-          [[maybe_unused]] bool masked = v.needs_mask;
+          if constexpr (kWalk) {
+            if (j > 0) sta_walk_next(g, r, kBN, walk);
+            v = walk.v;
+          } else {
+            v = j == 0 ? sta_visit_at(g, r, kBN, 0) : sta_visit_next(g, r, kBN, j - 1, v);
+          }
           [[maybe_unused]] int32_t n_valid = kBN;
           if constexpr (kMasked) {
-            // The block's valid keys, computed before the wait below (while the stage may still be in
+            // The block's valid keys, counted before the wait below (while the stage may still be in
             // use). Rows past the sequence are invalid and zero in memory.
             if (v.needs_mask) {
               // The valid keys are the block's first n (padding last in a tile, sta.h), so the count is
               // the mask: bit i of word w is key 32 w + i.
-              const int32_t n = sta_block_valid_count(g, v.key_start, kBN);
+              const int32_t n =
+                  kWalk ? sta_walk_valid_count(g, r, walk, kBN) : sta_block_valid_count(g, v.key_start, kBN);
               if (a.skip_empty && n == 0) continue;  // padded slots only: nothing to load or add
+              // A block of a padded tile whose keys are all real (n == BN): the consumers take the unmasked
+              // path (v itself keeps its flag: the walk carries it to the tile's next block).
               n_valid = n;
-              if constexpr (!kOverlap) {
-#pragma unroll
-                for (int w = 0; w < Cfg::kMaskWords; ++w) {
-                  const int32_t k = n - 32 * w;
-                  valid[w] = k >= 32 ? 0xffffffffu : (k <= 0 ? 0u : (1u << k) - 1u);
-                }
-              }
-              // A block of a padded tile whose keys are all real: the consumers take the unmasked path
-              // (v itself keeps its flag: sta_visit_next carries it to the tile's next block).
-              masked = n < kBN;
             }
           }
           const int st = slot % kStages;
@@ -663,11 +664,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           if constexpr (kMasked) {
             // Published by the arrive below (release). The overlap instances take the block's valid count
             // in the flag word's upper bits (a prefix mask, as the text tail's) instead of mask words.
+            const bool masked = n_valid < kBN;
             s_flags[st] = (masked ? kStageMasked : 0) | (kOverlap && j == last ? kStageLast : 0) |
                           (kOverlap ? static_cast<uint32_t>(n_valid) << kStageCountShift : 0u);
             if (!kOverlap && masked)
 #pragma unroll
-              for (int w = 0; w < Cfg::kMaskWords; ++w) s_valid[st][w] = valid[w];
+              for (int w = 0; w < Cfg::kMaskWords; ++w) {  // bit i of word w: key 32 w + i (a prefix of n_valid)
+                const int32_t k = n_valid - 32 * w;
+                s_valid[st][w] = k >= 32 ? 0xffffffffu : (k <= 0 ? 0u : (1u << k) - 1u);
+              }
           }
           const int32_t key = static_cast<int32_t>(v.key_start);
           const uint32_t bar = full0 + 8 * st;

@@ -280,7 +280,7 @@ call12)
   # (the whole-stage barriers) on every goal case, the peers and the SUMMARY. carry [".gpubin", ".peer"].
   unpack_bundle
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
-  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap overlap-pp-masked}" timeout 220 \
+  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap overlap-pp-masked}" timeout 280 \
     $g/bin/test_sta > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -6 "$OUT/test.txt" | cut -c1-200
   echo "=== test_dit" >> "$OUT/test.txt"
   timeout 100 $g/bin/test_dit >> "$OUT/test.txt" 2>&1; echo "test_dit rc $?"; tail -1 "$OUT/test.txt"

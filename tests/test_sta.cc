@@ -165,8 +165,8 @@ void for_each_query_block(const StaGeometry& g, Fn&& fn) {
 }
 
 // Checks the visit list of every query block for one (geometry, window), all block sizes, against
-// the oracle for every query row, sta_visit_next against sta_visit_at, and sta_last_nonempty_visit against the
-// last visit with a real key. Returns false after the first mismatch (reported with context).
+// the oracle for every query row, sta_visit_next and the walk (sta_walk_begin / sta_walk_next, with its valid
+// counts) against sta_visit_at, and sta_last_nonempty_visit against the last visit with a real key. Returns false after the first mismatch (reported with context).
 bool check_visit_list(const StaGeometry& g, StaWindow w) {
   const int64_t seq = g.seq_len();
   std::vector<uint8_t> oracle(static_cast<size_t>(seq * seq));
@@ -182,9 +182,20 @@ bool check_visit_list(const StaGeometry& g, StaWindow w) {
       std::fill(hits.begin(), hits.end(), 0);
       const int32_t visits = sta_visit_count(g, range, block_n);
       StaVisit prev{};
+      StaWalk walk = sta_walk_begin(g, range, block_n);
       int32_t last_nonempty = -1;
       for (int32_t j = 0; j < visits && ok; ++j) {
         const StaVisit v = sta_visit_at(g, range, block_n, j);
+        if (j > 0) sta_walk_next(g, range, block_n, walk);
+        const int32_t valid = sta_block_valid_count(g, v.key_start, block_n);
+        if (walk.j != j || walk.v.key_start != v.key_start || walk.v.needs_mask != v.needs_mask ||
+            sta_walk_valid_count(g, range, walk, block_n) != valid) {
+          ADD_FAILURE() << ctx << " block_n " << block_n << ": the walk's visit " << walk.j << " is ("
+                        << walk.v.key_start << ", " << walk.v.needs_mask << ", "
+                        << sta_walk_valid_count(g, range, walk, block_n) << " valid), sta_visit_at " << j << " ("
+                        << v.key_start << ", " << v.needs_mask << ", " << valid << " valid)";
+          ok = false;
+        }
         if (j > 0) {
           const StaVisit n = sta_visit_next(g, range, block_n, j - 1, prev);
           if (n.key_start != v.key_start || n.needs_mask != v.needs_mask) {
