@@ -770,7 +770,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         uint32_t pa[kBN / 16][4];
         pack_p<T, kBN>(pa, s);
         int nst = 0;
-        for (int j = 1; next_stage(j, nst, flags); ++j) {
+        // One visit j >= 1 (stage nst waited for). The text tail instance peels its last visit (the tail, with
+        // the mask) off the loop, so the loop's own visits carry no tail check.
+        auto visit = [&](auto tail_step) {
           if constexpr (kPingPong) turn_wait(cw);
           issue_qk(nst);             // S_j = Q K_j^T
           rescale_o<kD>(o, alpha);   // under it: O to block j - 1's maximum
@@ -778,7 +780,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           if constexpr (kPingPong) turn_pass(cw);
           wgmma_wait<1>();           // S_j done (groups complete in order)
           fence_regs(s);
-          softmax_block(j, flags, alpha);  // under the P V
+          if constexpr (decltype(tail_step)::value) mask_tail<kBN>(s, a.tail_valid, lane);
+          if (kMasked && (flags & kStageMasked)) mask_tail<kBN>(s, static_cast<int32_t>(flags >> kStageCountShift), lane);
+          online_softmax<kBN>(s, m, l, alpha, a.scale_log2);  // under the P V
           wgmma_wait<0>();
           fence_regs(o);
           fence_regs(pa);
@@ -787,6 +791,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           if (lane == 0) mbar_arrive(empty0 + 8 * cur);
           pack_p<T, kBN>(pa, s);
           cur = nst;
+        };
+        if constexpr (kTail) {
+          int j = 1;
+          for (; j < it.visits - 1 && next_stage(j, nst, flags); ++j) visit(std::false_type{});
+          if (j == it.visits - 1 && next_stage(j, nst, flags)) visit(std::true_type{});
+        } else {
+          for (int j = 1; next_stage(j, nst, flags); ++j) visit(std::false_type{});
         }
         rescale_o<kD>(o, alpha);
         if constexpr (kPingPong) turn_wait(cw);
