@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # A session's device plan (docs/perf-notes.md "Session 9", docs/demo-model.md), calls each complete on its own
-# and under the tool's 10 minutes. Session 10's order (issue 9: text and 720p left; docs/perf-notes.md, the end
-# of "Session 9"):
+# and under the tool's 10 minutes. Session 11's order (issue 9: the 720p goal left, and text, whose 3% is below
+# the definition's 3.86%; docs/perf-notes.md, the end of "The producer walks the visit list without divisions"):
 #
-#   1. The masked instance's own 6% (`overlap-pp-masked` vs `auto` on paper_333, device run 4 of session 9): build
-#      variants here that each remove one masked-only cost (the producer's counts, the flag word, the mask code),
-#      bundle them (scripts/gpu-bundle.sh with AB_REF=<this commit>), and time them as call8 does (change its
-#      --variants), with the 720p cases; the 720p 3x8x16 goal needs about 2%.
-#   2. `scripts/device-plan.sh call6`, carry [".gpubin", ".peer"] (rebuild the bundle first): the whole suites with
-#      auto, the A/B, the peers and the SUMMARY, to close what is met with one run's figures.
+#   1. The masked overlap instance's own 5-6% (forced on paper_333 with `overlap-pp-masked`): build candidates here
+#      that each remove one masked-only consumer cost (the per-visit flag load and mask branch; the item's loaded
+#      count computed by the consumers so the loop ends like the unmasked one), bundle them as refs
+#      (AB_REF=<this commit>,<exp branch>,...) and run `call12` (its A/B times every bench_sta_ref*; its test
+#      covers only this tree's binary, so a candidate must be the tree to be tested). The 720p 3x8x16 goal needs
+#      about 3%.
+#   2. `call12` with HOPPER_TEST_VARIANTS="auto overlap overlap-pp-masked skip deep persist tail pingpong" for the
+#      final figures (session 10's run 5 is the template: tests, A/B, peers, SUMMARY in 256 s).
 #   3. Optional: call4 (the served product; server bundle rebuilt with scripts/server_bundle.py), call2 (the demo
 #      model's STA fine-tuning, see docs/demo-model.md).
 #
@@ -31,6 +33,7 @@
 #          bench_sta_ref* when the bundle has them; the peers when staged).
 #          carry [".gpubin", ".peer"]; first: make gpu-stage (stages .peer) and
 #          [AB_REF=<ref>,...] scripts/gpu-bundle.sh test_sta bench_sta test_dit bench_dit bench_vae
+#   call11 call12  session 10's runs 1 (diagnostics) and 2-5 (tests, A/B of every ref, peers, SUMMARY).
 #   call6-call8  session 9's runs 2-4 (the full check with the peers; the masked launches' A/B and the served
 #          product; the masked instance's cost), each described at its case below; call8 (AB_VARIANTS,
 #          AB_CASES) is the template for step 1 above. Runs 1, 5 and 6 (call5, call9, call10) are in git
@@ -246,7 +249,8 @@ call11)
   # Session 10, first run: what the masked overlap instance pays, and whether K/V traffic bounds the loop. Bundle:
   # bench_sta + test_sta of this tree (the masked / text-tail overlap softmax as two whole paths), bench_sta_ref =
   # the committed kernel, ref2 = STAVID_HOPPER_DIAG (1: K only after the first ring fill, 2: no loads) and the
-  # cluster occupancy print, ref3 = the masked overlap producer with the unmasked consumers. carry [".gpubin"].
+  # cluster occupancy print (74ba245, branch exp/diag), ref3 = the masked overlap producer with the unmasked
+  # consumers (2d51851, exp/prod). carry [".gpubin"].
   unpack_bundle
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
   STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap-pp-masked}" timeout 150 $g/bin/test_sta \
