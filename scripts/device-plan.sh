@@ -34,10 +34,9 @@
 #          carry [".gpubin", ".peer"]; first: make gpu-stage (stages .peer) and
 #          [AB_REF=<ref>,...] scripts/gpu-bundle.sh test_sta bench_sta test_dit bench_dit bench_vae
 #   call11 call12  session 10's runs 1 (diagnostics) and 2-5 (tests, A/B of every ref, peers, SUMMARY).
-#   call6-call8  session 9's runs 2-4 (the full check with the peers; the masked launches' A/B and the served
-#          product; the masked instance's cost), each described at its case below; call8 (AB_VARIANTS,
-#          AB_CASES) is the template for step 1 above. Runs 1, 5 and 6 (call5, call9, call10) are in git
-#          history at 4c81485.
+#   call7 call8  session 9's runs 3-4 (the masked launches' A/B and the served product; the masked instance's
+#          cost), each described at its case below; runs 1, 5 and 6 (call5, call9, call10) are in git history at
+#          4c81485, run 2's call6 (call12's predecessor) at af7c24b.
 #
 # Unpack calls 1-2 here: cat FILES_AT/run.tar.part-* | tar -x -C tools/demo/runs/main (and delete stale shards
 # first: a stage's save removes its old shards only on the machine that saved). A call returns at most about
@@ -76,6 +75,19 @@ ab_bench() {
         sed "s/^{/{\"bin\":\"$b\",\"pass\":$p,/" >> "$file"
     done
   done
+}
+
+# peers_summary BENCH_JSONL: the peers (.peer/peer_attention.py, staged by `make gpu-stage`) at the paper
+# shape with and without text into $OUT/peer_attention.jsonl, then sta_report.py's SUMMARY for BENCH_JSONL (issue
+# 9's ratios: peers and ours from the same command). Nothing when .peer is not carried.
+peers_summary() {
+  [ -f .peer/peer_attention.py ] || return 0
+  local shape=(--canvas 30 48 80 --tile 6 8 8 --heads 24 --dim 128 --windows 3,3,3 5,5,5)  # as sta-bench.sh
+  { timeout 150 python3 .peer/peer_attention.py "${shape[@]}"
+    timeout 150 python3 .peer/peer_attention.py "${shape[@]}" --text 256 --text-valid 200; } \
+    > "$OUT/peer_attention.jsonl" 2>> "$OUT/err.txt"
+  cut -c1-120 "$OUT/peer_attention.jsonl" | tail -8
+  "${PY:-python3}" tools/bench/sta_report.py "$1" "$OUT/peer_attention.jsonl" | grep SUMMARY
 }
 
 case "${1:-}" in
@@ -176,44 +188,7 @@ call3)
       > "$OUT/overlap.sass"
     echo "overlap SASS: $(wc -l < "$OUT/overlap.sass") lines, $(grep -c 'STL' "$OUT/overlap.sass") STL, $(grep -c 'LDL' "$OUT/overlap.sass") LDL, $(grep -c 'HGMMA' "$OUT/overlap.sass") HGMMA"
   fi
-  # The peers in the same command (issue 9's ratios), when `make gpu-stage` staged them and .peer is carried.
-  if [ -f .peer/peer_attention.py ]; then
-    shape=(--canvas 30 48 80 --tile 6 8 8 --heads 24 --dim 128 --windows 3,3,3 5,5,5)  # as sta-bench.sh
-    { timeout 150 python3 .peer/peer_attention.py "${shape[@]}"
-      timeout 150 python3 .peer/peer_attention.py "${shape[@]}" --text 256 --text-valid 200; } \
-      > "$OUT/peer_attention.jsonl" 2> "$OUT/peer_attention.err"
-    cut -c1-160 "$OUT/peer_attention.jsonl" | tail -8
-    "${PY:-python3}" tools/bench/sta_report.py "$OUT/bench_sta.jsonl" "$OUT/peer_attention.jsonl" | grep SUMMARY
-  fi
-  ;;
-call6)
-  # Session 9, second run: "auto" = overlap-pp on 128-row CTAs, the other instances' trapping waits back.
-  # The whole suites with auto, the A/B against bench_sta_ref (1ab87da, auto then = skip / tail / deep /
-  # persist), the 720p 3x8x16 tile, the peers and the SUMMARY. carry [".gpubin", ".peer"]. At most 8 files
-  # come back: the tests' output goes to one file, the errors to another.
-  unpack_bundle
-  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
-  STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap masked skip persist deep tail}" timeout 200 \
-    $g/bin/test_sta > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -9 "$OUT/test.txt" | cut -c1-200
-  echo "=== test_dit" >> "$OUT/test.txt"
-  timeout 100 $g/bin/test_dit >> "$OUT/test.txt" 2>&1; echo "test_dit rc $?"; tail -2 "$OUT/test.txt"
-  cases=${AB_CASES:-paper_333,paper_555,paper_full,paper_333_text,720p_688_333,720p_388_333,720p_3816_333,mixed}
-  ab_bench "$OUT/ab.jsonl" "$cases" auto,overlap auto
-  "${PY:-python3}" tools/bench/ab_report.py "$OUT/ab.jsonl" --medians "$OUT/bench_sta.jsonl" > "$OUT/ab_report.jsonl"
-  grep '"ab"' "$OUT/ab_report.jsonl" | grep -v mixed_single | sed 's/"ms": \[[^]]*\], //' | cut -c1-150
-  grep '"ab_ratio"' "$OUT/ab_report.jsonl" | grep -v mixed_single | cut -c1-150
-  if [ -f .peer/peer_attention.py ]; then
-    shape=(--canvas 30 48 80 --tile 6 8 8 --heads 24 --dim 128 --windows 3,3,3 5,5,5)  # as sta-bench.sh
-    { timeout 100 python3 .peer/peer_attention.py "${shape[@]}"
-      timeout 100 python3 .peer/peer_attention.py "${shape[@]}" --text 256 --text-valid 200; } \
-      > "$OUT/peer_attention.jsonl" 2>> "$OUT/err.txt"
-    cut -c1-120 "$OUT/peer_attention.jsonl" | tail -8
-    for v in auto overlap; do
-      grep "\"variant\": \"$v\"" "$OUT/bench_sta.jsonl" > /tmp/bench_$v.jsonl
-      echo "$v $("${PY:-python3}" tools/bench/sta_report.py /tmp/bench_$v.jsonl "$OUT/peer_attention.jsonl" | grep SUMMARY)" |
-        tee -a "$OUT/summary.txt"
-    done
-  fi
+  peers_summary "$OUT/bench_sta.jsonl"
   ;;
 call7)
   # Session 9, third run: the masked overlap instances without the end-of-item stage (kStageLast). The
@@ -279,9 +254,10 @@ call11)
   fi
   ;;
 call12)
-  # Session 10, second run: the overlap instances' K and V halves on barriers of their own (K refilled once its
-  # Q K^T is done). The STA suite with auto and the overlap variants, test_dit, the A/B against bench_sta_ref
-  # (the whole-stage barriers) on every goal case, the peers and the SUMMARY. carry [".gpubin", ".peer"].
+  # Session 10, runs 2-5 (the K/V split, per-warp arrives, the division-free walk, the final figures): the STA suite
+  # with HOPPER_TEST_VARIANTS (timing only if overlap-pp-masked passed), test_dit, the A/B of this tree's bench_sta
+  # and every bench_sta_ref* on every goal case (auto; overlap-pp-masked on two), the peers and the SUMMARY of
+  # this tree's binary. carry [".gpubin", ".peer"]. Six files come back.
   unpack_bundle
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
   STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap overlap-pp-masked}" timeout 280 \
@@ -296,14 +272,7 @@ call12)
   grep '"variant": "auto"' /tmp/medians.jsonl > "$OUT/bench_sta.jsonl"
   grep '"ab"' "$OUT/ab_report.jsonl" | grep -v mixed_single | sed 's/"ms": \[[^]]*\], //' | cut -c1-150
   grep '"ab_ratio"' "$OUT/ab_report.jsonl" | grep -v mixed_single | cut -c1-150
-  if [ -f .peer/peer_attention.py ]; then
-    shape=(--canvas 30 48 80 --tile 6 8 8 --heads 24 --dim 128 --windows 3,3,3 5,5,5)  # as sta-bench.sh
-    { timeout 100 python3 .peer/peer_attention.py "${shape[@]}"
-      timeout 100 python3 .peer/peer_attention.py "${shape[@]}" --text 256 --text-valid 200; } \
-      > "$OUT/peer_attention.jsonl" 2>> "$OUT/err.txt"
-    cut -c1-120 "$OUT/peer_attention.jsonl" | tail -8
-    "${PY:-python3}" tools/bench/sta_report.py "$OUT/bench_sta.jsonl" "$OUT/peer_attention.jsonl" | grep SUMMARY
-  fi
+  peers_summary "$OUT/bench_sta.jsonl"
   ;;
 call4)
   # The served product on the H200: the server, client and MP4 decoder built HERE with their Debian
@@ -326,7 +295,7 @@ call4)
   done
   ;;
 *)
-  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call6|call7|call8|call11|call12" >&2
+  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call7|call8|call11|call12" >&2
   exit 2
   ;;
 esac
