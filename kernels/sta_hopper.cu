@@ -25,9 +25,9 @@
 //   ("skip").
 // - Warpgroup 0, the producer, gives registers back (setmaxnreg.dec). Its thread 0 walks the visit
 //   list of each work item (sta_query_range, then sta_walk_begin / sta_walk_next, kernels/sta.h: no
-//   division per visit, which put the producer on the loop's critical path (session 10: 2.6-3.5% on every
-//   case); blocks of BN keys; the other 127 threads exit); per item it writes the item's header (HopperItem) into one
-//   of the Q buffers (two, or one with a 3-stage ring) and loads Q there (q_full; the consumers
+//   division per visit, which put the producer on the loop's critical path (session 10: 2.6-3.5% on
+//   every case); blocks of BN keys; the other 127 threads exit); per item it writes the item's header
+//   (HopperItem) into one of the Q buffers (two, or one with a 3-stage ring) and loads Q there (q_full; the consumers
 //   release the buffer on q_empty), then issues TMA loads (cp.async.bulk.tensor.4d, 128-byte swizzle)
 //   of each K and V block into a ring of 2 stages (3 for the variant "deep" on 128-row CTAs): it
 //   waits on the stage's `empty` mbarrier, arms its `full` mbarrier with the byte count
@@ -37,8 +37,8 @@
 //   first n (sta_block_valid_count) and the BN-bit valid mask is a prefix, built from n by the one
 //   producer thread (no per-key ballots: no warp needed); a block with n == BN runs unmasked. The
 //   producer stores the mask with the stage's flag before the arrive on `full` (release; the
-//   consumers' wait acquires it); the overlap instances pass n itself in the flag word instead. Keys past the sequence read as zero (TMA out-of-bounds fill) and are
-//   invalid in the mask too; keys that exist in memory but are invisible (padded slots, text slots
+//   consumers' wait acquires it); the overlap instances pass n itself in the flag word instead. Keys
+//   past the sequence read as zero (TMA out-of-bounds fill) and are invalid in the mask too; keys that exist in memory but are invisible (padded slots, text slots
 //   past text_valid) are masked. With skip_empty, a block whose mask is all zero is not loaded at
 //   all, and a query block of padded slots only visits nothing (its rows, dropped by untile, come out
 //   as zeros).
@@ -739,10 +739,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       };
       // Block j's masks on S (a prefix of valid keys: the text tail, or the count in a masked stage's
       // flags), then its softmax.
-      auto softmax_block = [&](int j, uint32_t flags, float (&alpha)[2]) {
-        if constexpr (kTail)
-          if (j == it.visits - 1) mask_tail<kBN>(s, a.tail_valid, lane);
-        if (kMasked && (flags & kStageMasked)) mask_tail<kBN>(s, static_cast<int32_t>(flags >> kStageCountShift), lane);
+      // `tail`: whether the block is the text tail (a bool, or std::true_type / std::false_type where it is
+      // known at compile time: the loop's visits).
+      auto softmax_block = [&](auto tail, uint32_t flags, float (&alpha)[2]) {
+        if (kTail && tail) mask_tail<kBN>(s, a.tail_valid, lane);
+        if (kMasked && (flags & kStageMasked))
+          mask_tail<kBN>(s, static_cast<int32_t>(flags >> kStageCountShift), lane);
         online_softmax<kBN>(s, m, l, alpha, a.scale_log2);
       };
       auto issue_qk = [&](int st) {
@@ -769,7 +771,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         wgmma_wait<0>();
         fence_regs(s);
         float alpha[2];
-        softmax_block(0, flags, alpha);  // O is zero: its alpha is not needed
+        softmax_block(it.visits == 1, flags, alpha);  // O is zero: its alpha is not needed
         uint32_t pa[kBN / 16][4];
         pack_p<T, kBN>(pa, s);
         int nst = 0;
@@ -783,9 +785,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           if constexpr (kPingPong) turn_pass(cw);
           wgmma_wait<1>();           // S_j done (groups complete in order)
           fence_regs(s);
-          if constexpr (decltype(tail_step)::value) mask_tail<kBN>(s, a.tail_valid, lane);
-          if (kMasked && (flags & kStageMasked)) mask_tail<kBN>(s, static_cast<int32_t>(flags >> kStageCountShift), lane);
-          online_softmax<kBN>(s, m, l, alpha, a.scale_log2);  // under the P V
+          softmax_block(tail_step, flags, alpha);  // under the P V
           wgmma_wait<0>();
           fence_regs(o);
           fence_regs(pa);

@@ -229,7 +229,8 @@ call11)
   unpack_bundle
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
   STAVID_STA_HOPPER_VARIANTS="${HOPPER_TEST_VARIANTS:-auto overlap-pp-masked}" timeout 150 $g/bin/test_sta \
-    --gtest_filter='StaAttentionHopper.*' > "$OUT/test.txt" 2>&1; echo "test_sta rc $?"; tail -4 "$OUT/test.txt" | cut -c1-200
+    --gtest_filter='StaAttentionHopper.*' > "$OUT/test.txt" 2>&1
+  echo "test_sta rc $?"; tail -4 "$OUT/test.txt" | cut -c1-200
   cases=${AB_CASES:-paper_333,720p_3816_333,paper_333_text,paper_full}
   for p in 1 2; do
     for b in bench_sta bench_sta_ref; do
@@ -248,9 +249,10 @@ call11)
   "${PY:-python3}" tools/bench/ab_report.py /tmp/ab.jsonl > "$OUT/ab_report.jsonl"
   sed 's/"ms": \[[^]]*\], //' "$OUT/ab_report.jsonl" | grep -v ab_ratio | cut -c1-150
   if command -v cuobjdump > /dev/null; then
-    cuobjdump -sass $g/bin/bench_sta | awk '/Function : /{keep = /nv_bfloat16Li128ELi2ELi128ELi3EEELb1ELb1ELb0ELb1E/} keep' \
-      > "$OUT/sass_masked.txt"
-    echo "masked SASS: $(grep -c HGMMA "$OUT/sass_masked.txt") HGMMA, $(grep -c 'STL\|LDL' "$OUT/sass_masked.txt") STL/LDL"
+    fn_re=/nv_bfloat16Li128ELi2ELi128ELi3EEELb1ELb1ELb0ELb1E/
+    cuobjdump -sass $g/bin/bench_sta | awk "/Function : /{keep = $fn_re} keep" > "$OUT/sass_masked.txt"
+    echo "masked SASS: $(grep -c HGMMA "$OUT/sass_masked.txt") HGMMA," \
+      "$(grep -c 'STL\|LDL' "$OUT/sass_masked.txt") STL/LDL"
   fi
   ;;
 call12)

@@ -166,7 +166,8 @@ void for_each_query_block(const StaGeometry& g, Fn&& fn) {
 
 // Checks the visit list of every query block for one (geometry, window), all block sizes, against
 // the oracle for every query row, sta_visit_next and the walk (sta_walk_begin / sta_walk_next, with its valid
-// counts) against sta_visit_at, and sta_last_nonempty_visit against the last visit with a real key. Returns false after the first mismatch (reported with context).
+// counts) against sta_visit_at, and sta_last_nonempty_visit against the last visit with a real key. Returns
+// false after the first mismatch (reported with context).
 bool check_visit_list(const StaGeometry& g, StaWindow w) {
   const int64_t seq = g.seq_len();
   std::vector<uint8_t> oracle(static_cast<size_t>(seq * seq));
