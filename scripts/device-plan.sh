@@ -276,6 +276,25 @@ call12)
   grep '"ab_ratio"' "$OUT/ab_report.jsonl" | grep -v mixed_single | cut -c1-150
   peers_summary "$OUT/bench_sta.jsonl"
   ;;
+call13)
+  # Session 10, run 6: the goal ratios under one machine state. In one bench_sta run the cases follow a fixed
+  # order (paper_333 first, the 720p cases after the dense ones), and the same 720p launch measured 3% faster in
+  # a short run than late in the long one (run 5: 24.99 vs 25.73 ms). Here each case runs alone in its own
+  # process, in ABCCBA order over PASSES (default 3) rounds: paper_333, 720p_3816_333, paper_333_text, then back.
+  # carry [".gpubin"]; the bundle of the final kernel.
+  unpack_bundle
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader
+  for p in $(seq 1 "${PASSES:-3}"); do
+    for c in paper_333 720p_3816_333 paper_333_text paper_333_text 720p_3816_333 paper_333; do
+      timeout 60 $g/bin/bench_sta --only "$c" --variants auto 2>> "$OUT/err.txt" |
+        sed "s/^{/{\"bin\":\"bench_sta\",\"pass\":$p,/" >> "$OUT/paired.jsonl"
+    done
+  done
+  "${PY:-python3}" tools/bench/ab_report.py "$OUT/paired.jsonl" --medians "$OUT/bench_sta.jsonl" |
+    sed 's/"ms": \[[^]]*\], //' | cut -c1-150
+  "${PY:-python3}" tools/bench/sta_report.py "$OUT/bench_sta.jsonl" /dev/null | grep SUMMARY
+  nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv,noheader
+  ;;
 call4)
   # The served product on the H200: the server, client and MP4 decoder built HERE with their Debian
   # libraries (scripts/server_bundle.py: FFmpeg's unused codec dependencies stubbed; about 20 MB, so it
@@ -297,7 +316,7 @@ call4)
   done
   ;;
 *)
-  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call7|call8|call11|call12" >&2
+  echo "usage: scripts/device-plan.sh call1|call2|call3|call4|call7|call8|call11|call12|call13" >&2
   exit 2
   ;;
 esac
