@@ -6,7 +6,8 @@
 #
 #   1. The masked overlap instance's own 5-6% (forced on paper_333 with `overlap-pp-masked`): build candidates here
 #      that each remove one masked-only consumer cost (the per-visit flag load and mask branch; the item's loaded
-#      count computed by the consumers so the loop ends like the unmasked one), bundle them as refs
+#      count computed by the consumers so the loop ends like the unmasked one: ready on branch exp/consumer-count,
+#      e440ff5, compile-verified and CPU-tested, not yet run on a GPU), bundle them as refs
 #      (AB_REF=<this commit>,<exp branch>,...) and run `call12` (its A/B times every bench_sta_ref*; its test
 #      covers only this tree's binary, so a candidate must be the tree to be tested), then `call13` (the goal ratios
 #      with each case alone). The 720p margin is 0.1-0.3%.
